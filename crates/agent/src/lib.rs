@@ -1,0 +1,20 @@
+//! podtap's tap agent.
+//!
+//! A packet's way through it: the eBPF program `ebpf/tap.c` copies it on the pod's host veth
+//! into a ring buffer ([`program`] loads and attaches it), a [`reader`] thread per node drains
+//! the ring, and [`output`] writes it as pcapng. [`agent`] decides which veths are tapped from
+//! the inventory and the selection, and [`stats`] / [`metrics`] report what was counted.
+
+pub mod agent;
+pub mod metrics;
+pub mod output;
+pub mod prefilter;
+pub mod program;
+pub mod reader;
+pub mod stats;
+
+pub use agent::{Agent, AgentConfig, AgentError};
+pub use output::GsoMode;
+pub use prefilter::Prefilter;
+pub use program::AttachMode;
+pub use stats::Stats;

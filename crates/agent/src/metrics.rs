@@ -1,0 +1,171 @@
+//! The Prometheus `/metrics` endpoint: the agent's [`Stats`] in the text exposition format,
+//! served by a small HTTP server on its own thread.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::stats::{DIRECTIONS, Stats};
+
+/// Stats shared between the agent loop (writer) and the endpoint (reader).
+pub type SharedStats = Arc<Mutex<Stats>>;
+
+#[derive(Debug)]
+struct StatsCollector(SharedStats);
+
+type Labels<'a> = [(&'static str, &'a str); 4];
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let per_pod: [(&str, &str, fn(&crate::stats::PodStats, usize) -> u64); 8] = [
+            (
+                "podtap_tap_packets",
+                "Wire packets seen on the pod's veth",
+                |p, d| p.kernel[d].packets,
+            ),
+            (
+                "podtap_tap_bytes",
+                "Bytes seen on the pod's veth",
+                |p, d| p.kernel[d].bytes,
+            ),
+            (
+                "podtap_tap_filtered_packets",
+                "Packets the in-kernel prefilter skipped",
+                |p, d| p.kernel[d].filtered,
+            ),
+            (
+                "podtap_tap_dropped_ring_full_packets",
+                "Copies lost because the ring buffer was full",
+                |p, d| p.kernel[d].ring_full,
+            ),
+            (
+                "podtap_tap_dropped_unreadable_packets",
+                "Copies lost because the packet could not be read",
+                |p, d| p.kernel[d].load_failed,
+            ),
+            (
+                "podtap_tap_truncated_copies",
+                "Copies cut at the snap length",
+                |p, d| p.kernel[d].truncated,
+            ),
+            (
+                "podtap_tap_gso_super_packets",
+                "GSO super-packets seen",
+                |p, d| p.kernel[d].gso,
+            ),
+            (
+                "podtap_output_packets",
+                "Packets written to the output",
+                |p, d| p.output[d].packets,
+            ),
+        ];
+        for (name, help, get) in per_pod {
+            let counter = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            for p in &stats.pods {
+                let (ns, pod) = (p.pod.namespace.as_str(), p.pod.name.as_str());
+                for (d, dir) in DIRECTIONS.iter().enumerate() {
+                    let labels: Labels = [
+                        ("namespace", ns),
+                        ("pod", pod),
+                        ("node", &p.node),
+                        ("direction", dir),
+                    ];
+                    ConstCounter::new(get(p, d)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let errors = [
+            ("malformed_record", stats.output_errors.malformed_records),
+            ("unknown_veth", stats.output_errors.unknown_interface),
+        ];
+        let counter = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "podtap_output_record_errors",
+            "Ring records the output could not use, by reason",
+            None,
+            counter.metric_type(),
+        )?;
+        for (reason, v) in errors {
+            ConstCounter::new(v).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        let tapped = stats.pods.iter().filter(|p| p.tapped).count() as i64;
+        let gauge = ConstGauge::new(tapped);
+        gauge.encode(encoder.encode_descriptor(
+            "podtap_tapped_pods",
+            "Pods tapped now",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let failed = ConstGauge::new(stats.failures.len() as i64);
+        failed.encode(encoder.encode_descriptor(
+            "podtap_untappable_pods",
+            "Pods selected but not tapped",
+            None,
+            failed.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Renders the stats in the Prometheus text format.
+pub fn render(stats: &SharedStats) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StatsCollector(stats.clone())));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `listener` from a background thread until the process ends.
+pub fn serve(listener: TcpListener, stats: SharedStats) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("podtap-metrics".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("metrics endpoint: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let stats = stats.clone();
+                        async move {
+                            (
+                                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                                render(&stats),
+                            )
+                        }
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, app).await {
+                            tracing::error!("metrics endpoint: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("metrics endpoint: {e}"),
+                }
+            });
+        })?;
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! `podtap`: the command line. Subcommands: `demo` (the whole thing on a local lab), `lab`
+//! (the emulated cluster), `agent` (the tap).
+
+mod agent_cmd;
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// podtap: copies of your pods' traffic, for the tools that expect packets.
+#[derive(Debug, Parser)]
+#[command(name = "podtap", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (e.g. `info`, `podtap_agent=debug`); also the RUST_LOG variable.
+    #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a local lab, tap its pods, drive traffic, write a pcapng and print a summary.
+    Demo(demo::DemoArgs),
+    /// The local lab: an emulated Kubernetes cluster of network namespaces.
+    #[command(subcommand)]
+    Lab(podtap_lab::cli::LabCommand),
+    /// Tap the selected pods' veths and write their traffic as pcapng.
+    Agent(agent_cmd::AgentArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Lab(cmd) => podtap_lab::cli::run(cmd),
+        Command::Agent(args) => agent_cmd::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podtap: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
