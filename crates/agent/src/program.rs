@@ -542,3 +542,39 @@ fn del_clsact(veth: &str) {
         tracing::debug!(veth, "clsact qdisc already gone");
     }
 }
+
+/// Names of the BPF programs hooked on `veth` (TCX links and netlink `tc` filters, both
+/// directions), as the kernel reports them. For checks that nothing of podtap stays attached.
+pub fn hooks_on(netns_name: Option<&str>, veth: &str) -> Result<Vec<String>, ProgramError> {
+    netns::run_in(netns_name, || {
+        let mut names = Vec::new();
+        for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
+            if let Ok((_, progs)) = SchedClassifier::query_tcx(veth, attach) {
+                names.extend(
+                    progs
+                        .iter()
+                        .map(|p| p.name_as_str().unwrap_or("?").to_string()),
+                );
+            }
+            let dir = if attach == TcAttachType::Ingress {
+                "ingress"
+            } else {
+                "egress"
+            };
+            let out = std::process::Command::new("tc")
+                .args(["-j", "filter", "show", "dev", veth, dir])
+                .output();
+            if let Ok(out) = out
+                && let Ok(serde_json::Value::Array(filters)) = serde_json::from_slice(&out.stdout)
+            {
+                for f in filters {
+                    if let Some(name) = f.pointer("/options/bpf_name").and_then(|v| v.as_str()) {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+        }
+        names
+    })
+    .map_err(ProgramError::from)
+}

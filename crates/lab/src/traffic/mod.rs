@@ -120,8 +120,11 @@ impl Lab {
                         counters = Some(s.counters());
                         owned = Some(s);
                     }
-                    Err(LabError::Socket { source, .. })
-                        if source.kind() == std::io::ErrorKind::AddrInUse => {}
+                    Err(LabError::Socket { source, what })
+                        if source.kind() == std::io::ErrorKind::AddrInUse =>
+                    {
+                        eprintln!("DEBUG addrinuse {what}");
+                    }
                     Err(e) => return Err(e),
                 }
             }
