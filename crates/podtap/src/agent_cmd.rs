@@ -181,8 +181,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     } else {
         print!("{summary}");
     }
-    ran?;
-    Ok(())
+    match ran {
+        // The reader of `-w -` went away (e.g. `| head`, tshark -c): a normal end.
+        Err(podtap_agent::AgentError::Output { source })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }
 
 /// The absolute form of a path, for telling the user where a file is.

@@ -94,9 +94,9 @@ pub fn fill_pattern(offset: u64, buf: &mut [u8]) {
 
 impl Lab {
     /// Sends `traffic` from pod `from` to pod `to`. Servers in `to` are started for the
-    /// duration unless this process already runs them there; if another process runs them,
-    /// echo and HTTP traffic use those, while sink traffic fails with
-    /// [`LabError::ForeignServers`].
+    /// duration unless this process already runs them there; if another process runs them
+    /// (their ports stay in use, see [`PodServers::start`]), echo and HTTP traffic use those,
+    /// while sink traffic fails with [`LabError::ForeignServers`].
     pub fn drive(
         &self,
         from: &PodRef,

@@ -25,6 +25,8 @@ pub const SINK_PORT: u16 = 9;
 
 /// How often server loops look at the stop flag.
 const POLL: Duration = Duration::from_millis(20);
+/// How long `start` retries ports that are still in use.
+const BIND_RETRY: Duration = Duration::from_secs(2);
 /// A connection idle this long is closed.
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// Most connections served at once per listener; more are closed at once.
@@ -184,9 +186,24 @@ struct Sockets {
 impl PodServers {
     /// Binds HTTP (8080), TCP/UDP echo (7) and TCP/UDP sink (9) on `bind_ip` inside the pod's
     /// netns and serves them until dropped.
+    ///
+    /// A port still held by sockets that were just closed is retried for up to 2 s: a child
+    /// process forked by another thread (e.g. for `ip`) keeps copies of our sockets open until
+    /// it execs.
     pub fn start(pod_netns: &str, bind_ip: Ipv4Addr) -> Result<PodServers, LabError> {
         let where_ = format!("in netns {pod_netns}");
-        let sockets = in_netns(pod_netns, move || bind_all(bind_ip, &where_))??;
+        let deadline = Instant::now() + BIND_RETRY;
+        let sockets = loop {
+            let where_ = where_.clone();
+            match in_netns(pod_netns, move || bind_all(bind_ip, &where_))? {
+                Err(LabError::Socket { source, .. })
+                    if source.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    thread::sleep(POLL);
+                }
+                other => break other?,
+            }
+        };
         let shared = Arc::new(Shared::default());
         let mut servers = PodServers {
             shared: Arc::clone(&shared),
