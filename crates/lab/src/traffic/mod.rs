@@ -120,11 +120,8 @@ impl Lab {
                         counters = Some(s.counters());
                         owned = Some(s);
                     }
-                    Err(LabError::Socket { source, what })
-                        if source.kind() == std::io::ErrorKind::AddrInUse =>
-                    {
-                        eprintln!("DEBUG addrinuse {what}");
-                    }
+                    Err(LabError::Socket { source, .. })
+                        if source.kind() == std::io::ErrorKind::AddrInUse => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone (as root): installs what is needed, checks format and
+# lints, runs every test (unit, real-kernel tap tests in lab namespaces, CLI tests), then checks
+# that the suite left no namespace, hook or BPF program behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace 2>&1 | tee /tmp/podtap-test.log
+status=${PIPESTATUS[0]}
+
+# What the suite must not leave behind: test labs (pt-t*), or tap programs.
+left_ns=$(ip netns list | awk '{print $1}' | grep '^pt-t' || true)
+left_progs=$(bpftool prog show 2>/dev/null | grep -E 'name (tap_from_pod|tap_to_pod)' || true)
+if [ -n "$left_ns" ] || [ -n "$left_progs" ]; then
+  echo "test.sh: the suite left things behind:" >&2
+  [ -n "$left_ns" ] && echo "  namespaces: $left_ns" >&2
+  [ -n "$left_progs" ] && echo "  BPF programs: $left_progs" >&2
+  exit 1
+fi
+echo "test.sh: no namespace or BPF program of the suite remains"
+exit "$status"
