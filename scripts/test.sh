@@ -8,8 +8,11 @@ scripts/install-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
-cargo test --locked --workspace 2>&1 | tee /tmp/podtap-test.log
+log=$(mktemp)
+set +e
+cargo test --locked --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+set -e
 
 # What the suite must not leave behind: test labs (pt-t*), or tap programs.
 left_ns=$(ip netns list | awk '{print $1}' | grep '^pt-t' || true)
@@ -21,4 +24,9 @@ if [ -n "$left_ns" ] || [ -n "$left_progs" ]; then
   exit 1
 fi
 echo "test.sh: no namespace or BPF program of the suite remains"
+
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+rm -f "$log"
 exit "$status"

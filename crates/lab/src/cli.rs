@@ -8,7 +8,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use podtap_cluster::{Cni, PodRef};
 
 use crate::netns::{link_exists, list_netns, netns_exists};
-use crate::traffic::{PodServers, Traffic};
+use crate::traffic::{PodServers, ServerStats, Traffic};
 use crate::{Lab, LabSpec, naming};
 
 /// Default lab name.
@@ -232,44 +232,72 @@ fn status(name: &str) -> anyhow::Result<()> {
     let ul = lab.underlay_netns();
     println!("underlay: {ul} [{}]", exists(netns_exists(&ul)));
     println!();
-    println!(
-        "{:<8} {:<8} {:<14} {:<13} {:<15} NETNS?",
-        "NODE", "CNI", "NETNS", "UNDERLAY", "POD CIDR"
+    let nodes = inv
+        .nodes
+        .iter()
+        .map(|n| {
+            let netns = n.netns.as_deref().unwrap_or("-");
+            vec![
+                n.name.clone(),
+                n.cni.to_string(),
+                netns.to_string(),
+                n.underlay_ip.clone(),
+                n.pod_cidr.clone(),
+                exists(netns_exists(netns)).to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["NODE", "CNI", "NETNS", "UNDERLAY", "POD CIDR", "NETNS?"],
+        nodes,
     );
-    for n in &inv.nodes {
-        let netns = n.netns.as_deref().unwrap_or("-");
-        println!(
-            "{:<8} {:<8} {:<14} {:<13} {:<15} {}",
-            n.name,
-            n.cni,
-            netns,
-            n.underlay_ip,
-            n.pod_cidr,
-            exists(netns_exists(netns))
-        );
-    }
     println!();
-    println!(
-        "{:<24} {:<8} {:<12} {:<16} {:<14} {:<7} VETH?",
-        "POD", "NODE", "IP", "HOST VETH", "NETNS", "NETNS?"
+    let pods = inv
+        .pods
+        .iter()
+        .map(|p| {
+            let netns = p.netns.as_deref().unwrap_or("-");
+            let veth_ok = lab
+                .node_netns(&p.node)
+                .is_some_and(|ns| link_exists(ns, &p.host_veth).unwrap_or(false));
+            vec![
+                format!("{}/{}", p.namespace, p.name),
+                p.node.clone(),
+                p.ip.clone(),
+                p.host_veth.clone(),
+                netns.to_string(),
+                exists(netns_exists(netns)).to_string(),
+                exists(veth_ok).to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["POD", "NODE", "IP", "HOST VETH", "NETNS", "NETNS?", "VETH?"],
+        pods,
     );
-    for p in &inv.pods {
-        let netns = p.netns.as_deref().unwrap_or("-");
-        let veth_ok = lab
-            .node_netns(&p.node)
-            .is_some_and(|ns| link_exists(ns, &p.host_veth).unwrap_or(false));
-        println!(
-            "{:<24} {:<8} {:<12} {:<16} {:<14} {:<7} {}",
-            format!("{}/{}", p.namespace, p.name),
-            p.node,
-            p.ip,
-            p.host_veth,
-            netns,
-            exists(netns_exists(netns)),
-            exists(veth_ok)
-        );
-    }
     Ok(())
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }
 
 /// Set by the SIGINT/SIGTERM handler of `serve`.
@@ -280,14 +308,6 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 fn serve(name: &str, pod: &str) -> anyhow::Result<()> {
-    let lab = Lab::open(name).with_context(|| format!("opening lab {name}"))?;
-    let pod_ref = PodRef::parse(pod)?;
-    let p = lab
-        .pod(&pod_ref)
-        .with_context(|| format!("lab {name} has no pod {pod_ref}"))?;
-    let netns = lab.pod_netns(&pod_ref)?;
-    let ip = p.ip.parse().with_context(|| format!("pod IP {}", p.ip))?;
-    let servers = PodServers::start(netns, ip).with_context(|| format!("serving in {pod_ref}"))?;
     let action = SigAction::new(
         SigHandler::Handler(on_stop_signal),
         SaFlags::empty(),
@@ -300,19 +320,13 @@ fn serve(name: &str, pod: &str) -> anyhow::Result<()> {
             sigaction(Signal::SIGTERM, &action)?,
         ]
     };
-    println!(
-        "serving in {pod_ref} ({ip}, netns {netns}): HTTP :8080, TCP/UDP echo :7, TCP/UDP sink :9; Ctrl-C stops"
-    );
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let served = serve_until(name, pod, &STOP);
     // SAFETY: restores the dispositions saved above.
     unsafe {
         sigaction(Signal::SIGINT, &previous[0])?;
         sigaction(Signal::SIGTERM, &previous[1])?;
     }
-    let s = servers.stats();
-    drop(servers);
+    let s = served?;
     println!(
         "stopped: {} HTTP requests, {} TCP echo bytes, {} UDP echo datagrams, {} TCP sink bytes, \
          {} UDP sink datagrams / {} bytes",
@@ -324,6 +338,26 @@ fn serve(name: &str, pod: &str) -> anyhow::Result<()> {
         s.udp_sink_bytes
     );
     Ok(())
+}
+
+/// Runs a pod's servers until `stop` is set; returns their totals.
+fn serve_until(name: &str, pod: &str, stop: &AtomicBool) -> anyhow::Result<ServerStats> {
+    let lab = Lab::open(name).with_context(|| format!("opening lab {name}"))?;
+    let pod_ref = PodRef::parse(pod)?;
+    let p = lab
+        .pod(&pod_ref)
+        .with_context(|| format!("lab {name} has no pod {pod_ref}"))?;
+    let netns = lab.pod_netns(&pod_ref)?;
+    let ip = p.ip.parse().with_context(|| format!("pod IP {}", p.ip))?;
+    let servers = PodServers::start(netns, ip).with_context(|| format!("serving in {pod_ref}"))?;
+    println!(
+        "serving in {pod_ref} ({ip}, netns {netns}): HTTP :8080, TCP/UDP echo :7, TCP/UDP sink :9; \
+         Ctrl-C stops"
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(servers.stats())
 }
 
 #[cfg(test)]
@@ -353,6 +387,78 @@ mod tests {
         );
         assert!(node_cnis("calico,flannel", Some(3)).is_err());
         assert!(node_cnis("weave", None).is_err());
+    }
+
+    /// The commands against a real lab (state under the default root), and `serve` stopped by
+    /// its flag while `drive` uses its servers.
+    #[test]
+    fn commands_run_against_a_real_lab() {
+        let name = format!("tlu{}", std::process::id());
+        /// Takes the lab down even when the test fails.
+        struct Down(String);
+        impl Drop for Down {
+            fn drop(&mut self) {
+                let _ = Lab::down(&self.0);
+            }
+        }
+        let _down = Down(name.clone());
+        let cmd = |args: &[&str]| {
+            let mut all = args.to_vec();
+            all.extend(["--name", name.as_str()]);
+            run(parse(&all))
+        };
+        cmd(&["up", "--cni", "calico,flannel", "--pods-per-node", "2"]).unwrap();
+        cmd(&["up", "--cni", "calico,flannel", "--pods-per-node", "2"]).unwrap();
+        assert!(cmd(&["up", "--cni", "calico", "--pods-per-node", "2"]).is_err());
+        cmd(&["status"]).unwrap();
+        for kind in [
+            "udp-echo",
+            "udp-flood",
+            "tcp-echo",
+            "tcp-bulk",
+            "http-get",
+            "ping",
+        ] {
+            let mut args = vec!["traffic", "shop/frontend-1", "shop/cart-2", "--kind", kind];
+            if kind == "udp-flood" {
+                args.extend(["--rate", "2000"]);
+            }
+            cmd(&args).unwrap();
+        }
+
+        static SERVE_STOP: AtomicBool = AtomicBool::new(false);
+        let serve_name = name.clone();
+        let serving =
+            std::thread::spawn(move || serve_until(&serve_name, "shop/cart-2", &SERVE_STOP));
+        let lab = Lab::open(&name).unwrap();
+        let to = PodRef::parse("shop/cart-2").unwrap();
+        let netns = lab.pod_netns(&to).unwrap().to_string();
+        let started = std::time::Instant::now();
+        while crate::traffic::servers::running_in(&netns).is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let from = PodRef::parse("shop/frontend-1").unwrap();
+        let r = lab
+            .drive(&from, &to, &Traffic::TcpBulk { bytes: 12_345 })
+            .unwrap();
+        assert_eq!((r.received_bytes, r.errors), (12_345, 0));
+        SERVE_STOP.store(true, Ordering::SeqCst);
+        let stats = serving.join().unwrap().unwrap();
+        assert_eq!(stats.tcp_sink_bytes, 12_345);
+
+        cmd(&["down"]).unwrap();
+        cmd(&["down"]).unwrap();
+        cmd(&["status"]).unwrap();
+        assert!(
+            list_netns()
+                .unwrap()
+                .iter()
+                .all(|n| !n.starts_with(&naming::lab_prefix(&name)))
+        );
     }
 
     #[test]

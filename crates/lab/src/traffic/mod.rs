@@ -7,7 +7,7 @@
 //! `s` carries bytes `i*s .. (i+1)*s`.
 
 mod clients;
-mod servers;
+pub(crate) mod servers;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

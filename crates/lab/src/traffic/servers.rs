@@ -330,7 +330,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Handler) {
                             let prepared = stream
                                 .set_nonblocking(false)
                                 .and_then(|()| stream.set_read_timeout(Some(POLL)))
-                                .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)));
+                                .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+                                .and_then(|()| stream.set_nodelay(true));
                             if let Err(e) = prepared.and_then(|()| handler(stream, peer, &shared)) {
                                 tracing::debug!(%peer, error = %e, "pod server connection ended");
                             }
