@@ -106,9 +106,9 @@ pub enum AgentError {
     /// The kernel or the process lacks something the tap needs.
     #[error("cannot run the tap: {}", missing.join("; "))]
     Unsupported { missing: Vec<String> },
-    /// The eBPF side failed.
+    /// The eBPF side failed (boxed: aya's errors are large).
     #[error(transparent)]
-    Program(#[from] ProgramError),
+    Program(Box<ProgramError>),
     /// Explicitly named pods could not be tapped.
     #[error("could not tap {}", failures.join("; "))]
     Attach { failures: Vec<String> },
@@ -118,6 +118,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<ProgramError> for AgentError {
+    fn from(e: ProgramError) -> Self {
+        AgentError::Program(Box::new(e))
+    }
 }
 
 /// A tapped pod on a node.

@@ -20,13 +20,16 @@ struct StatsCollector(SharedStats);
 
 type Labels<'a> = [(&'static str, &'a str); 4];
 
+/// Reads one per-pod counter for one direction.
+type PodCounter = fn(&crate::stats::PodStats, usize) -> u64;
+
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = match self.0.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let per_pod: [(&str, &str, fn(&crate::stats::PodStats, usize) -> u64); 8] = [
+        let per_pod: [(&str, &str, PodCounter); 8] = [
             (
                 "podtap_tap_packets",
                 "Wire packets seen on the pod's veth",

@@ -558,3 +558,38 @@ fn netlink_fallback_taps_and_cleans_up() {
     assert_eq!(udp_with_port(&cap, "shop/frontend-1", OUTBOUND, 7), 10);
     assert_eq!(udp_with_port(&cap, "shop/frontend-1", INBOUND, 7), 10);
 }
+
+#[test]
+fn snaplen_cuts_copies_and_keeps_the_original_length() {
+    let lab = lab("l", vec![Cni::Calico], 2);
+    let a = pod(&lab, "shop/frontend-1").clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tap.pcapng");
+    let agent = start(
+        &lab,
+        |c| {
+            c.snaplen = 96;
+            c.selection.pods = vec![a.key()];
+            c.prefilter = Prefilter::parse("proto udp").unwrap();
+        },
+        &out,
+    );
+    drive(
+        &lab,
+        "shop/frontend-1",
+        "shop/cart-1",
+        Traffic::UdpEcho {
+            count: 15,
+            size: 500,
+        },
+    );
+    let stats = settle_and_stop(agent);
+    let cap = read_pcapng(&out);
+    assert_eq!(cap.len(), 30);
+    for p in &cap {
+        assert_eq!(p.data.len(), 96);
+        assert_eq!(p.original_len, 14 + 20 + 8 + 500);
+    }
+    let k = &stats.pods[0].kernel;
+    assert_eq!((k[0].truncated, k[1].truncated), (15, 15));
+}
