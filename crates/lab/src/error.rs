@@ -46,13 +46,9 @@ pub enum LabError {
         source: serde_json::Error,
     },
 
-    /// A network namespace could not be opened or entered.
-    #[error("cannot enter network namespace {netns}: {source}")]
-    EnterNetns {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
+    /// A network namespace could not be opened or entered, or the work inside it panicked.
+    #[error(transparent)]
+    Netns(#[from] podtap_cluster::netns::NetnsError),
 
     /// A worker thread could not be started.
     #[error("cannot start a thread for {what}: {source}")]
@@ -62,9 +58,6 @@ pub enum LabError {
         source: io::Error,
     },
 
-    /// A function run inside a network namespace panicked.
-    #[error("code run in network namespace {netns} panicked: {message}")]
-    Panicked { netns: String, message: String },
 
     /// A sysctl could not be written.
     #[error("sysctl {key} in network namespace {netns}: {source}")]

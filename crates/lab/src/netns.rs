@@ -2,13 +2,10 @@
 //! `bridge`, enters a namespace (`in_netns`), writes per-namespace sysctls, reads link
 //! counters, and sweeps namespaces by prefix.
 
-use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::thread;
 
-use nix::sched::CloneFlags;
 use serde::Deserialize;
 
 use crate::LabError;
@@ -56,20 +53,10 @@ pub(crate) fn bridge(netns: &str, args: &[&str]) -> Result<String, LabError> {
     run("bridge", &all)
 }
 
-/// Path of a named network namespace, refusing names that are not a single path component.
-fn netns_path(netns: &str) -> Result<PathBuf, LabError> {
-    if netns.is_empty() || netns.contains('/') || netns == "." || netns == ".." {
-        return Err(LabError::EnterNetns {
-            netns: netns.to_string(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a netns name"),
-        });
-    }
-    Ok(Path::new(NETNS_DIR).join(netns))
-}
-
-/// Whether a named network namespace exists.
+/// Whether a named network namespace exists (names that are not one path component never do).
 pub fn netns_exists(netns: &str) -> bool {
-    netns_path(netns).is_ok_and(|p| p.exists())
+    !(netns.is_empty() || netns.contains('/') || netns == "." || netns == "..")
+        && podtap_cluster::netns::exists(netns)
 }
 
 /// Names of all named network namespaces (`ip netns list`), sorted.
@@ -123,41 +110,10 @@ pub fn sweep_stale(prefix: &str) -> Result<Vec<String>, LabError> {
     Ok(removed)
 }
 
-/// Run `f` on a new OS thread that has entered the named network namespace (setns on
-/// /run/netns/NAME); returns f's result. Sockets created inside stay in that netns.
-pub fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, LabError> {
-    let path = netns_path(netns)?;
-    let enter_err = |source| LabError::EnterNetns {
-        netns: netns.to_string(),
-        source,
-    };
-    let file = File::open(&path).map_err(enter_err)?;
-    let handle = thread::Builder::new()
-        .name(format!("netns {netns}"))
-        .spawn(move || -> Result<T, io::Error> {
-            // setns changes the namespace of this thread only.
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            drop(file);
-            Ok(f())
-        })
-        .map_err(|source| LabError::Thread {
-            what: format!("netns {netns}"),
-            source,
-        })?;
-    match handle.join() {
-        Ok(result) => result.map_err(enter_err),
-        Err(panic) => Err(LabError::Panicked {
-            netns: netns.to_string(),
-            message: panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_string()),
-        }),
-    }
+/// Runs `f` on a thread inside the named network namespace and returns its result; sockets
+/// created there stay in that namespace. (The lab's errors around `podtap_cluster::netns`.)
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+    podtap_cluster::netns::run_in(Some(netns), f).map_err(LabError::from)
 }
 
 /// Writes sysctls inside a network namespace. Keys are paths under `/proc/sys`, e.g.
