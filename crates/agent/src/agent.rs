@@ -186,8 +186,8 @@ impl Agent {
             cfg.nodes.clone()
         };
 
-        // Validates explicit pods against the inventory.
-        let selected = cfg.selection.select(&inventory, None)?;
+        // Explicit pods must exist in the inventory.
+        cfg.selection.select(&inventory, None)?;
         let elsewhere: Vec<String> = cfg
             .selection
             .pods
@@ -199,7 +199,6 @@ impl Agent {
         if !elsewhere.is_empty() {
             return Err(AgentError::PodsElsewhere { pods: elsewhere });
         }
-        let _ = selected;
 
         let missing = missing_capabilities();
         if !missing.is_empty() {

@@ -89,10 +89,7 @@ impl Stats {
         let _ = writeln!(
             s,
             "podtap: tapped {} pod(s) on {} node(s) for {:.1} s (attach: {})",
-            self.pods
-                .iter()
-                .filter(|p| p.tapped || p.kernel[0].packets + p.kernel[1].packets > 0)
-                .count(),
+            self.pods.len(),
             self.nodes,
             self.uptime.as_secs_f64(),
             self.attach_mode
