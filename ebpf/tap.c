@@ -261,10 +261,15 @@ static __always_inline int tap(struct __sk_buff *skb, __u32 direction)
 		.direction = direction,
 	};
 
-	/* Batched wakeups: wake the reader only once enough data is pending; it also polls on a
-	 * short timer, so nothing waits long. */
+	/* Batched, edge-triggered wakeups: wake the reader once, when the pending data crosses
+	 * wakeup_bytes, not for every record above it (each wakeup is an irq_work, a self-IPI: in a
+	 * VM, an exit per packet). The reader drains the ring completely before it sleeps and also
+	 * polls every 10 ms, so a crossing missed by racing CPUs costs at most that. */
 	__u64 wake = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&TAP_RING, BPF_RB_AVAIL_DATA) + cap >= cfg->wakeup_bytes)
+	__u64 pending = bpf_ringbuf_query(&TAP_RING, BPF_RB_AVAIL_DATA);
+	__u64 record = sizeof(struct tap_record) + cap;
+	if (cfg->wakeup_bytes == 0 ||
+	    (pending < cfg->wakeup_bytes && pending + record >= cfg->wakeup_bytes))
 		wake = BPF_RB_FORCE_WAKEUP;
 
 	switch (copy_to_ring(skb, &hdr, wake)) {

@@ -63,6 +63,11 @@ pub struct OutputErrors {
     pub unknown_interface: u64,
 }
 
+/// Output buffer size. Writes at least this large bypass the buffer, so GSO super-packets kept
+/// whole (up to 64 KiB) go from the ring to the kernel without a copy in between; smaller
+/// packets are gathered into writes of this size.
+const OUTPUT_BUFFER: usize = 64 * 1024;
+
 /// The destination of written packets.
 pub type PacketSink = Box<dyn Write + Send>;
 
@@ -86,7 +91,7 @@ impl Output {
     pub fn new(sink: Option<PacketSink>, gso: GsoMode, snaplen: u32) -> io::Result<Self> {
         let writer = match sink {
             Some(s) => Some(PcapngWriter::new(
-                BufWriter::with_capacity(1 << 20, s),
+                BufWriter::with_capacity(OUTPUT_BUFFER, s),
                 concat!("podtap ", env!("CARGO_PKG_VERSION")),
             )?),
             None => None,

@@ -85,12 +85,12 @@ pub struct RunningTap {
 
 impl RunningTap {
     /// Starts the tap of `scenario` on `target`, writing under `dir`, and returns once it
-    /// captures. `ring_size` is podtap's `--ring-size` (its default when `None`).
+    /// captures. `agent_args` are passed to `podtap agent` as they are (e.g. `--gso keep`).
     pub fn start(
         scenario: Scenario,
         target: &TapTarget,
         dir: &Path,
-        ring_size: Option<&str>,
+        agent_args: &[String],
     ) -> anyhow::Result<RunningTap> {
         let file = dir.join(match scenario {
             Scenario::None => "none",
@@ -116,9 +116,7 @@ impl RunningTap {
                     .arg("--inventory")
                     .arg(&target.inventory)
                     .args(["--pod", &target.pod, "-w", &file_arg]);
-                if let Some(size) = ring_size {
-                    cmd.args(["--ring-size", size]);
-                }
+                cmd.args(agent_args);
                 let mut agent = Spawned::start("podtap agent", cmd)?;
                 agent.wait_for_output("tapping 1 pod(s)", READY)?;
                 agent.wait_until(READY, "attaching to the veth", |_| {

@@ -40,6 +40,9 @@ pub struct TapArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// An argument for `podtap agent` (repeatable), e.g. `--agent-arg=--gso --agent-arg=keep`.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
 }
 
 /// One measured run.
@@ -274,20 +277,35 @@ pub fn run(args: TapArgs) -> anyhow::Result<()> {
         },
     ];
     // Warm-up, not counted: first connections, page cache, CPU frequency.
-    measure(&bench, &dir, Workload::Tcp, Scenario::None, 1).context("warm-up run")?;
+    measure(
+        &bench,
+        &dir,
+        Workload::Tcp,
+        Scenario::None,
+        1,
+        &args.agent_args,
+    )
+    .context("warm-up run")?;
 
     let mut runs = Vec::new();
     for repeat in 1..=args.repeat {
         for workload in workloads {
             for scenario in Scenario::ALL {
-                let run =
-                    measure(&bench, &dir, workload, scenario, args.seconds).with_context(|| {
-                        format!(
-                            "run {repeat} of {} with tap {}",
-                            workload.name(),
-                            scenario.name()
-                        )
-                    })?;
+                let run = measure(
+                    &bench,
+                    &dir,
+                    workload,
+                    scenario,
+                    args.seconds,
+                    &args.agent_args,
+                )
+                .with_context(|| {
+                    format!(
+                        "run {repeat} of {} with tap {}",
+                        workload.name(),
+                        scenario.name()
+                    )
+                })?;
                 eprintln!(
                     "  run {repeat}/{}: {:<3} {:<7} {}",
                     args.repeat,
@@ -346,9 +364,10 @@ fn measure(
     workload: Workload,
     scenario: Scenario,
     seconds: u32,
+    agent_args: &[String],
 ) -> anyhow::Result<Run> {
     let server = IperfServer::start(&bench.receiver.netns, &bench.receiver.ip)?;
-    let tap = RunningTap::start(scenario, &bench.target, dir.path(), None)?;
+    let tap = RunningTap::start(scenario, &bench.target, dir.path(), agent_args)?;
     std::thread::sleep(SETTLE);
     let window = CpuWindow::start(tap.pid())?;
     let client = iperf::start_client(&bench.sender.netns, &bench.receiver.ip, workload, seconds)?;

@@ -296,7 +296,7 @@ fn step(
         Scenario::Podtap,
         &bench.target,
         dir.path(),
-        Some(&args.ring_size),
+        &["--ring-size".to_string(), args.ring_size.clone()],
     )?;
     std::thread::sleep(SETTLE);
     let meter = VethMeter::start(&bench.target.node_netns, &bench.target.veth)?;

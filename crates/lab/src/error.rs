@@ -58,7 +58,6 @@ pub enum LabError {
         source: io::Error,
     },
 
-
     /// A sysctl could not be written.
     #[error("sysctl {key} in network namespace {netns}: {source}")]
     Sysctl {
