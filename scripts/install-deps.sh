@@ -4,12 +4,12 @@
 set -euo pipefail
 
 PACKAGES=(
-  # build: eBPF C programs
-  clang llvm libbpf-dev linux-libc-dev bpftool
+  # build: eBPF C programs; libpcap for tcpdump-style filter expressions in the broker
+  clang llvm libbpf-dev linux-libc-dev bpftool libpcap-dev
   # lab and agent
   iproute2 ethtool procps
   # real peers the tests and benchmarks compare against
-  tcpdump tshark iperf3 hping3
+  tcpdump tshark iperf3 hping3 nfdump softflowd pmacct tcpreplay
 )
 
 if [ "$(id -u)" != 0 ]; then
