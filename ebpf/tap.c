@@ -62,6 +62,22 @@ struct {
 	__type(value, __u8);
 } TAP_FILTER_PORTS SEC(".maps");
 
+/* Tap point label per veth: tap id (15 bits) | 0x8000 for the to-pod direction is added by the
+ * program. Carried as the VXLAN GBP id of in-kernel copies (through skb->mark). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* ifindex */
+	__type(value, __u16);
+} TAP_IDS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct tap_exclude_key);
+	__type(value, __u8);
+} TAP_EXCLUDE SEC(".maps");
+
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 #define IPPROTO_SCTP_ 132
@@ -177,6 +193,30 @@ static __always_inline int prefilter_pass(struct __sk_buff *skb, __u32 filter_fl
 	return 1;
 }
 
+/* Returns 1 when the packet is podtap tunnel traffic listed in TAP_EXCLUDE (either direction),
+ * so that a tap never copies its own output. */
+static __always_inline int excluded(struct __sk_buff *skb)
+{
+	struct flow_view f = {};
+	struct tap_exclude_key k = {};
+	__u32 a;
+
+	if (read_flow(skb, &f) < 0 || f.src.addr[10] != 0xff || f.src.addr[11] != 0xff)
+		return 0; /* IPv4 only */
+	k.proto = f.proto;
+	k.port = f.proto == IPPROTO_UDP && f.has_ports ? f.dport : 0;
+	if (f.proto != IPPROTO_UDP && f.proto != 47 /* GRE */)
+		return 0;
+	__builtin_memcpy(&a, &f.dst.addr[12], 4);
+	k.addr = a;
+	if (bpf_map_lookup_elem(&TAP_EXCLUDE, &k))
+		return 1;
+	__builtin_memcpy(&a, &f.src.addr[12], 4);
+	k.addr = a;
+	k.port = f.proto == IPPROTO_UDP && f.has_ports ? f.sport : 0;
+	return bpf_map_lookup_elem(&TAP_EXCLUDE, &k) != 0;
+}
+
 /*
  * Reserves a ring record for `cap` bytes in the smallest size class that fits (the ring only
  * hands out constant sizes) and copies the packet into it. Returns 0 on success, 1 when the
@@ -237,8 +277,29 @@ static __always_inline int tap(struct __sk_buff *skb, __u32 direction)
 	if (segs > 1)
 		c->gso++;
 
+	if ((cfg->flags & TAP_F_EXCLUDE) && excluded(skb)) {
+		c->excluded += wire_packets;
+		return TC_ACT_UNSPEC;
+	}
 	if (!prefilter_pass(skb, cfg->filter_flags)) {
 		c->filtered += wire_packets;
+		return TC_ACT_UNSPEC;
+	}
+
+	/* In-kernel sending: clone the packet to the tunnel device, its tap label in skb->mark for
+	 * the device's VXLAN GBP header, and give the packet back its own mark. GSO super-packets
+	 * take the ring (user space cuts them into wire packets first). */
+	if (cfg->tunnel_ifindex && segs <= 1) {
+		__u32 ifindex = skb->ifindex;
+		__u16 *tap_id = bpf_map_lookup_elem(&TAP_IDS, &ifindex);
+		__u32 saved = skb->mark;
+		skb->mark = (tap_id ? (*tap_id & 0x7fff) : 0) | (direction == TAP_DIR_TO_POD ? 0x8000 : 0);
+		long err = bpf_clone_redirect(skb, cfg->tunnel_ifindex, 0);
+		skb->mark = saved;
+		if (err == 0)
+			c->redirected++;
+		else
+			c->redirect_failed++;
 		return TC_ACT_UNSPEC;
 	}
 

@@ -21,6 +21,7 @@
 /* tap_config.flags */
 #define TAP_F_GSO_WHOLE (1u << 0) /* copy GSO super-packets whole (up to TAP_MAX_COPY) so user
                                      space can segment them; otherwise they are cut at snaplen */
+#define TAP_F_EXCLUDE (1u << 1)   /* never copy packets matching TAP_EXCLUDE (tunnel traffic) */
 
 /* The largest copy the program makes (bytes of packet data in one ring record). */
 #define TAP_MAX_COPY 65536
@@ -31,6 +32,9 @@ struct tap_config {
 	__u32 flags;        /* TAP_F_* */
 	__u32 filter_flags; /* TAP_FILTER_* */
 	__u32 wakeup_bytes; /* wake the reader once this much data is pending (0: every record) */
+	__u32 tunnel_ifindex; /* in-kernel sending: clone non-GSO packets to this VXLAN device
+	                         (0: every copy goes through the ring) */
+	__u32 _pad;
 };
 
 /* Header of every TAP_RING record; captured_len bytes of packet data follow it. */
@@ -62,6 +66,19 @@ struct tap_counters {
 	__u64 truncated;      /* copied, but cut at snaplen or TAP_MAX_COPY */
 	__u64 gso;            /* GSO super-packets seen (skbs, each counted in packets as segments) */
 	__u64 load_failed;    /* not copied: reading the packet failed */
+	__u64 excluded;       /* not copied: tunnel traffic (TAP_EXCLUDE) */
+	__u64 redirected;     /* copies sent in the kernel (clone to the tunnel device) */
+	__u64 redirect_failed; /* in-kernel copies the kernel refused */
+	__u64 _reserved;
+};
+
+/* Key of TAP_EXCLUDE: packets to or from addr with this protocol and (for UDP) destination
+ * port are never copied. podtap's own tunnels: (broker, UDP, 4789) and (broker, GRE, 0). */
+struct tap_exclude_key {
+	__u32 addr; /* IPv4, network order */
+	__u16 port; /* UDP destination port, host order; 0 for GRE */
+	__u8 proto;
+	__u8 _pad;
 };
 
 /* Key of TAP_FILTER_CIDRS (LPM trie): IPv4 addresses as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
@@ -70,12 +87,13 @@ struct tap_cidr_key {
 	__u8 addr[16];
 };
 
-_Static_assert(sizeof(struct tap_config) == 16, "tap_config layout");
+_Static_assert(sizeof(struct tap_config) == 24, "tap_config layout");
 _Static_assert(sizeof(struct tap_record) == 32, "tap_record layout");
 _Static_assert(__builtin_offsetof(struct tap_record, captured_len) == 16, "tap_record layout");
 _Static_assert(__builtin_offsetof(struct tap_record, direction) == 24, "tap_record layout");
 _Static_assert(sizeof(struct tap_key) == 8, "tap_key layout");
-_Static_assert(sizeof(struct tap_counters) == 64, "tap_counters layout");
+_Static_assert(sizeof(struct tap_counters) == 96, "tap_counters layout");
+_Static_assert(sizeof(struct tap_exclude_key) == 8, "tap_exclude_key layout");
 _Static_assert(sizeof(struct tap_cidr_key) == 20, "tap_cidr_key layout");
 
 #endif

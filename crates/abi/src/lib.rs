@@ -22,6 +22,11 @@ pub const MAP_TAP_FILTER_PROTOS: &str = "TAP_FILTER_PROTOS";
 /// Array `u32` port → `u8` (1 = listed) of prefilter ports.
 pub const MAP_TAP_FILTER_PORTS: &str = "TAP_FILTER_PORTS";
 
+/// Hash ifindex → `u16` tap id of each tapped veth.
+pub const MAP_TAP_IDS: &str = "TAP_IDS";
+/// Hash [`TapExcludeKey`] → `u8`: tunnel endpoints whose traffic is never copied.
+pub const MAP_TAP_EXCLUDE: &str = "TAP_EXCLUDE";
+
 /// `TAP_DIR_FROM_POD`: the pod sent the packet (host veth ingress).
 pub const DIR_FROM_POD: u8 = 0;
 /// `TAP_DIR_TO_POD`: the pod receives the packet (host veth egress).
@@ -36,6 +41,9 @@ pub const FILTER_PORT: u32 = 1 << 2;
 
 /// `TAP_F_GSO_WHOLE`: copy GSO super-packets whole so user space can segment them.
 pub const F_GSO_WHOLE: u32 = 1 << 0;
+
+/// `TAP_F_EXCLUDE`: never copy packets matching [`MAP_TAP_EXCLUDE`].
+pub const F_EXCLUDE: u32 = 1 << 1;
 
 /// `TAP_MAX_COPY`: the largest copy of one packet.
 pub const MAX_COPY: u32 = 65536;
@@ -52,6 +60,10 @@ pub struct TapConfig {
     pub filter_flags: u32,
     /// Pending ring bytes that trigger a wakeup of the reader.
     pub wakeup_bytes: u32,
+    /// In-kernel sending: the VXLAN device non-GSO packets are cloned to (0: off).
+    pub tunnel_ifindex: u32,
+    /// Padding.
+    pub _pad: u32,
 }
 
 /// `struct tap_record`: header of a ring record.
@@ -106,6 +118,14 @@ pub struct TapCounters {
     pub gso: u64,
     /// Wire packets not copied because reading the packet failed.
     pub load_failed: u64,
+    /// Wire packets not copied because they are podtap tunnel traffic.
+    pub excluded: u64,
+    /// Copies sent in the kernel (cloned to the tunnel device).
+    pub redirected: u64,
+    /// In-kernel copies the kernel refused.
+    pub redirect_failed: u64,
+    /// Reserved.
+    pub _reserved: u64,
 }
 
 impl TapCounters {
@@ -119,7 +139,24 @@ impl TapCounters {
         self.truncated += o.truncated;
         self.gso += o.gso;
         self.load_failed += o.load_failed;
+        self.excluded += o.excluded;
+        self.redirected += o.redirected;
+        self.redirect_failed += o.redirect_failed;
     }
+}
+
+/// `struct tap_exclude_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TapExcludeKey {
+    /// IPv4 address, network order (as the packet holds it).
+    pub addr: u32,
+    /// UDP destination port (host order); 0 for GRE.
+    pub port: u16,
+    /// IP protocol: 17 (UDP) or 47 (GRE).
+    pub proto: u8,
+    /// Padding.
+    pub _pad: u8,
 }
 
 /// `struct tap_cidr_key`: IPv4 as IPv4-mapped IPv6.
@@ -134,12 +171,13 @@ pub struct TapCidrKey {
 
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<TapConfig>() == 16);
+    assert!(size_of::<TapConfig>() == 24);
     assert!(size_of::<TapRecord>() == 32);
     assert!(offset_of!(TapRecord, captured_len) == 16);
     assert!(offset_of!(TapRecord, direction) == 24);
     assert!(size_of::<TapKey>() == 8);
-    assert!(size_of::<TapCounters>() == 64);
+    assert!(size_of::<TapCounters>() == 96);
+    assert!(size_of::<TapExcludeKey>() == 8);
     assert!(size_of::<TapCidrKey>() == 20);
 };
 
@@ -153,4 +191,5 @@ mod pod {
     unsafe impl aya::Pod for TapKey {}
     unsafe impl aya::Pod for TapCounters {}
     unsafe impl aya::Pod for TapCidrKey {}
+    unsafe impl aya::Pod for TapExcludeKey {}
 }

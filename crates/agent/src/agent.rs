@@ -325,16 +325,16 @@ impl Agent {
             Err(e) => return Err(e.into()),
         };
         for node in &mut self.nodes {
-            let want: BTreeMap<PodRef, String> = selected
+            let want: BTreeMap<PodRef, (String, u16)> = selected
                 .iter()
                 .filter(|p| p.node == node.name)
-                .map(|p| (p.key(), p.host_veth.clone()))
+                .map(|p| (p.key(), (p.host_veth.clone(), p.tap_id.unwrap_or(0))))
                 .collect();
 
             let gone: Vec<PodRef> = node
                 .tapped
                 .iter()
-                .filter(|(pod, t)| want.get(*pod) != Some(&t.veth))
+                .filter(|(pod, t)| want.get(*pod).map(|(v, _)| v) != Some(&t.veth))
                 .map(|(pod, _)| pod.clone())
                 .collect();
             for pod in gone {
@@ -350,11 +350,11 @@ impl Agent {
                 }
             }
 
-            for (pod, veth) in want {
+            for (pod, (veth, tap_id)) in want {
                 if node.tapped.contains_key(&pod) {
                     continue;
                 }
-                match node.program.attach(&veth) {
+                match node.program.attach(&veth, tap_id) {
                     Ok(ifindex) => {
                         let description = format!("node {} veth {}", node.name, veth);
                         let registered = match self.output.lock() {
@@ -570,6 +570,8 @@ fn runtime_config(cfg: &AgentConfig) -> RuntimeConfig {
         gso_whole: cfg.gso == GsoMode::Segment,
         // Wake the reader once an eighth of the ring is pending, at most every 1 MiB.
         wakeup_bytes: (cfg.ring_bytes / 8).min(1 << 20),
+        tunnel_ifindex: 0,
+        exclude: false,
     }
 }
 

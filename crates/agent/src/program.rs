@@ -122,6 +122,10 @@ pub struct RuntimeConfig {
     pub gso_whole: bool,
     /// Pending ring bytes that wake the reader.
     pub wakeup_bytes: u32,
+    /// In-kernel sending: the node's VXLAN device to clone non-GSO packets to (0: off).
+    pub tunnel_ifindex: u32,
+    /// Skip packets listed by [`TapProgram::set_exclusions`] (podtap's own tunnel traffic).
+    pub exclude: bool,
 }
 
 /// One attached veth.
@@ -202,9 +206,12 @@ impl TapProgram {
         let mut map: Array<_, abi::TapConfig> = self.map_mut(abi::MAP_TAP_CONFIG)?;
         let value = abi::TapConfig {
             snaplen: cfg.snaplen.clamp(1, abi::MAX_COPY),
-            flags: if cfg.gso_whole { abi::F_GSO_WHOLE } else { 0 },
+            flags: if cfg.gso_whole { abi::F_GSO_WHOLE } else { 0 }
+                | if cfg.exclude { abi::F_EXCLUDE } else { 0 },
             filter_flags,
             wakeup_bytes: cfg.wakeup_bytes,
+            tunnel_ifindex: cfg.tunnel_ifindex,
+            _pad: 0,
         };
         map.set(0, value, 0).map_err(|source| ProgramError::Map {
             map: abi::MAP_TAP_CONFIG,
@@ -266,8 +273,36 @@ impl TapProgram {
         self.set_config(cfg, filter.flags())
     }
 
-    /// Attaches both programs to `veth` and registers its counters. Returns its ifindex.
-    pub fn attach(&mut self, veth: &str) -> Result<u32, ProgramError> {
+    /// Lists the tunnel endpoints whose traffic is never copied: `(address, protocol, UDP
+    /// destination port or 0)`. Takes effect with [`RuntimeConfig::exclude`].
+    pub fn set_exclusions(
+        &mut self,
+        endpoints: &[(std::net::Ipv4Addr, u8, u16)],
+    ) -> Result<(), ProgramError> {
+        let mut map: aya::maps::HashMap<_, abi::TapExcludeKey, u8> =
+            self.map_mut(abi::MAP_TAP_EXCLUDE)?;
+        let old: Vec<abi::TapExcludeKey> = map.keys().filter_map(Result::ok).collect();
+        for k in old {
+            let _ = map.remove(&k);
+        }
+        for &(addr, proto, port) in endpoints {
+            let key = abi::TapExcludeKey {
+                addr: u32::from_ne_bytes(addr.octets()),
+                port,
+                proto,
+                _pad: 0,
+            };
+            map.insert(key, 1, 0).map_err(|source| ProgramError::Map {
+                map: abi::MAP_TAP_EXCLUDE,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches both programs to `veth`, registers its counters and its tap id (0: unknown).
+    /// Returns its ifindex.
+    pub fn attach(&mut self, veth: &str, tap_id: u16) -> Result<u32, ProgramError> {
         let netns_name = self.netns.clone();
         let mode = self.mode;
         let ebpf = &mut self.ebpf;
@@ -334,6 +369,12 @@ impl TapProgram {
                     source,
                 })?;
         }
+        let mut ids: aya::maps::HashMap<_, u32, u16> = self.map_mut(abi::MAP_TAP_IDS)?;
+        ids.insert(ifindex, tap_id, 0)
+            .map_err(|source| ProgramError::Map {
+                map: abi::MAP_TAP_IDS,
+                source,
+            })?;
         self.attached
             .insert(ifindex, (veth.to_string(), attachment));
         Ok(ifindex)
@@ -367,6 +408,8 @@ impl TapProgram {
                 direction: u32::from(direction),
             });
         }
+        let mut ids: aya::maps::HashMap<_, u32, u16> = self.map_mut(abi::MAP_TAP_IDS)?;
+        let _ = ids.remove(&ifindex);
         Ok(last)
     }
 

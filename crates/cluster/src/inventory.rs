@@ -108,7 +108,15 @@ pub struct Pod {
     /// The pod's own network namespace (`ip netns` name), where the lab knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// Tap point id (1-32767), unique in the cluster while the pod lives: what tunnels carry to
+    /// say which pod a copy comes from. Assigned by whoever owns the inventory (the lab, or the
+    /// controller); pods without one are labelled unknown (0) in tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap_id: Option<u16>,
 }
+
+/// The largest tap point id (15 bits: the 16th carries the direction in tunnels).
+pub const MAX_TAP_ID: u16 = 0x7fff;
 
 impl Pod {
     /// The pod's `namespace/name`.
@@ -198,6 +206,23 @@ impl Inventory {
         self.pods
             .iter()
             .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+    }
+
+    /// A tap id no pod uses: one above the highest in use, or the lowest free one after
+    /// wrapping. None when all are taken.
+    pub fn free_tap_id(&self) -> Option<u16> {
+        let used: std::collections::BTreeSet<u16> =
+            self.pods.iter().filter_map(|p| p.tap_id).collect();
+        let next = used.last().map_or(1, |m| m.saturating_add(1));
+        if (1..=MAX_TAP_ID).contains(&next) {
+            return Some(next);
+        }
+        (1..=MAX_TAP_ID).find(|id| !used.contains(id))
+    }
+
+    /// The pod with this tap id.
+    pub fn pod_by_tap_id(&self, tap: u16) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.tap_id == Some(tap))
     }
 
     /// Labels of a namespace (empty when the namespace is not listed).

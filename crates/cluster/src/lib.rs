@@ -6,5 +6,5 @@ pub mod inventory;
 pub mod netns;
 pub mod selector;
 
-pub use inventory::{Cni, Inventory, InventoryError, Namespace, Node, Pod, PodRef};
+pub use inventory::{Cni, Inventory, InventoryError, MAX_TAP_ID, Namespace, Node, Pod, PodRef};
 pub use selector::{LabelSelector, PodSelection, SelectorError};

@@ -972,6 +972,7 @@ mod tests {
             ip: "10.0.0.1".into(),
             host_veth: format!("veth-{name}"),
             netns: None,
+            tap_id: None,
         };
         let node = |name: &str| Node {
             name: name.into(),

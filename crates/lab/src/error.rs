@@ -118,6 +118,14 @@ pub enum LabError {
     #[error("invalid pod {pod:?}: {reason}")]
     BadPod { pod: String, reason: String },
 
+    /// A lab host name is not usable.
+    #[error("invalid lab host name {name:?}: {reason}")]
+    BadHost { name: String, reason: String },
+
+    /// The underlay has no free host address left.
+    #[error("lab {lab:?} has no free host address left")]
+    UnderlayFull { lab: String },
+
     /// The node's pod CIDR has no free address left.
     #[error("node {node:?} has no free pod address left")]
     NodeFull { node: String },

@@ -104,6 +104,23 @@ pub struct DownReport {
     pub removed_state_dir: bool,
 }
 
+/// File (in the lab's state directory) listing its hosts.
+pub const HOSTS_FILE: &str = "hosts.json";
+
+/// A host on the lab's underlay that is not a node: where a broker, a tool or a flow collector
+/// runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Its name in the lab (`[a-z0-9]{1,8}`).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its number (1-based), which fixes its address.
+    pub index: usize,
+}
+
 /// A lab that is up: its spec, its inventory and its state directory.
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -435,9 +452,71 @@ impl Lab {
             ip: naming::pod_ip(node, slot).to_string(),
             host_veth,
             netns: Some(pod_netns),
+            tap_id: self.inventory.free_tap_id(),
         };
         self.inventory.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// The lab's hosts (see [`Lab::add_host`]).
+    pub fn hosts(&self) -> Result<Vec<Host>, LabError> {
+        let path = self.dir.join(HOSTS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LabError::State {
+                path,
+                source: io::Error::other(e),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(LabError::state(&path)(e)),
+        }
+    }
+
+    /// Adds a host to the underlay (a namespace with an address on 198.18.0.0/24 and routes to
+    /// every pod CIDR), or returns the existing one of that name.
+    pub fn add_host(&mut self, name: &str) -> Result<Host, LabError> {
+        let valid = !name.is_empty()
+            && name.len() <= 8
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !valid {
+            return Err(LabError::BadHost {
+                name: name.to_string(),
+                reason: "a host name is 1-8 characters of a-z and 0-9".into(),
+            });
+        }
+        let mut hosts = self.hosts()?;
+        if let Some(h) = hosts.iter().find(|h| h.name == name)
+            && netns_exists(&h.netns)
+        {
+            return Ok(h.clone());
+        }
+        hosts.retain(|h| h.name != name);
+        let index = (1..=naming::MAX_HOSTS)
+            .find(|i| !hosts.iter().any(|h| h.index == *i))
+            .ok_or_else(|| LabError::UnderlayFull {
+                lab: self.spec.name.clone(),
+            })?;
+        let netns = naming::host_netns(&self.spec.name, name);
+        del_netns(&netns)?;
+        if let Err(e) = topology::create_host(&self.spec.name, index, name, self.spec.nodes.len()) {
+            let _ = del_netns(&netns);
+            return Err(e);
+        }
+        let host = Host {
+            name: name.to_string(),
+            netns,
+            ip: naming::host_ip(index),
+            index,
+        };
+        hosts.push(host.clone());
+        let path = self.dir.join(HOSTS_FILE);
+        let json = serde_json::to_vec_pretty(&hosts).map_err(|e| LabError::State {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        write_atomically(&path, &json)?;
+        Ok(host)
     }
 
     /// Index (1-based) of a node by name.

@@ -23,8 +23,8 @@ pub mod traffic;
 
 pub use error::LabError;
 pub use lab::{
-    DEFAULT_STATE_ROOT, DownReport, INVENTORY_FILE, Lab, LabGuard, LabSpec, SPEC_FILE,
-    STATE_ROOT_ENV, state_root,
+    DEFAULT_STATE_ROOT, DownReport, HOSTS_FILE, Host, INVENTORY_FILE, Lab, LabGuard, LabSpec,
+    SPEC_FILE, STATE_ROOT_ENV, state_root,
 };
 pub use netns::{LinkStats, in_netns, link_exists, link_stats, sweep_stale};
 pub use traffic::{PodServers, Traffic, TrafficReport};

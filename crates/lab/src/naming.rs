@@ -93,6 +93,24 @@ pub fn underlay_port(node: usize) -> String {
     format!("n{node}")
 }
 
+/// Netns of lab host `name` (a broker, a tool, a collector on the underlay).
+pub fn host_netns(lab: &str, name: &str) -> String {
+    format!("{}h-{name}", lab_prefix(lab))
+}
+
+/// Underlay port (in the underlay netns) of host number `index` (1-based).
+pub fn host_port(index: usize) -> String {
+    format!("h{index}")
+}
+
+/// Underlay address of host number `index` (1-based): 198.18.0.{100+index}.
+pub fn host_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, octet(100 + index))
+}
+
+/// The most hosts a lab can have.
+pub const MAX_HOSTS: usize = 100;
+
 /// Underlay address of node `node`: 198.18.0.{10+node}.
 pub fn underlay_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, octet(10 + node))

@@ -57,6 +57,43 @@ pub(crate) fn create_underlay(lab: &str) -> Result<(), LabError> {
     ip(&ul, &["link", "set", UNDERLAY_BRIDGE, "up"]).map(drop)
 }
 
+/// Creates host number `index` (1-based) named `name`: a netns with `eth0` on the underlay
+/// (MTU 1550) at 198.18.0.{100+index}, a default route via the underlay gateway, and routes to
+/// every node's pod CIDR via that node, so it can reach pods too.
+pub(crate) fn create_host(
+    lab: &str,
+    index: usize,
+    name: &str,
+    nodes: usize,
+) -> Result<(), LabError> {
+    let ns = naming::host_netns(lab, name);
+    let ul = naming::underlay_netns(lab);
+    let port = naming::host_port(index);
+    let mtu = naming::UNDERLAY_MTU.to_string();
+    create_netns(&ns, false)?;
+    #[rustfmt::skip]
+    ip(&ns, &["link", "add", ETH0, "mtu", &mtu, "type", "veth",
+              "peer", "name", &port, "mtu", &mtu, "netns", &ul])?;
+    ip(
+        &ul,
+        &["link", "set", &port, "master", UNDERLAY_BRIDGE, "up"],
+    )?;
+    let addr = format!("{}/{}", naming::host_ip(index), naming::UNDERLAY_PREFIX_LEN);
+    ip(&ns, &["addr", "add", &addr, "dev", ETH0])?;
+    ip(&ns, &["link", "set", ETH0, "up"])?;
+    let gateway = naming::UNDERLAY_GATEWAY.to_string();
+    ip(
+        &ns,
+        &["route", "add", "default", "via", &gateway, "dev", ETH0],
+    )?;
+    for node in 1..=nodes {
+        let cidr = naming::pod_cidr(node);
+        let via = naming::underlay_ip(node).to_string();
+        ip(&ns, &["route", "add", &cidr, "via", &via, "dev", ETH0])?;
+    }
+    Ok(())
+}
+
 /// Creates node `node` (1-based): its netns, `eth0` on the underlay, and the node-wide part of
 /// its CNI (`cni0` and `flannel.1`, or calico's blackhole route for the pod CIDR).
 pub(crate) fn create_node(lab: &str, node: usize, cni: Cni) -> Result<(), LabError> {
