@@ -14,8 +14,8 @@ cargo test --locked --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# What the suite must not leave behind: test labs (pt-t*), or tap programs.
-left_ns=$(ip netns list | awk '{print $1}' | grep '^pt-t' || true)
+# What the suite must not leave behind: test labs (pt-ta*, pt-tc*, pt-tl* + test pid), or tap programs.
+left_ns=$(ip netns list | awk '{print $1}' | grep -E '^pt-t[acl][a-z]*[0-9]+-' || true)
 left_progs=$(bpftool prog show 2>/dev/null | grep -E 'name (tap_from_pod|tap_to_pod)' || true)
 if [ -n "$left_ns" ] || [ -n "$left_progs" ]; then
   echo "test.sh: the suite left things behind:" >&2

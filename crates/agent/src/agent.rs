@@ -17,6 +17,7 @@ use crate::prefilter::Prefilter;
 use crate::program::{AttachMode, LoadOptions, ProgramError, RuntimeConfig, TapProgram};
 use crate::reader::RingReader;
 use crate::stats::{PodStats, Stats, TapFailure};
+use crate::tunnel::{self, SendMode, TunnelConfig};
 
 /// Default ring buffer size per node.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     pub attach: AttachMode,
     /// How often the inventory is checked for changes.
     pub inventory_poll: Duration,
+    /// Send copies to a broker through this tunnel (besides any file).
+    pub tunnel: Option<TunnelConfig>,
 }
 
 impl AgentConfig {
@@ -59,6 +62,7 @@ impl AgentConfig {
             gso: GsoMode::Segment,
             attach: AttachMode::Auto,
             inventory_poll: Duration::from_millis(500),
+            tunnel: None,
         }
     }
 
@@ -77,6 +81,13 @@ impl AgentConfig {
                 "ring size {} is not a power of two of at least 4096 bytes",
                 self.ring_bytes
             ));
+        }
+        if let Some(t) = &self.tunnel {
+            p.extend(
+                t.problems(self.snaplen)
+                    .into_iter()
+                    .map(|m| format!("tunnel: {m}")),
+            );
         }
         p
     }
@@ -109,6 +120,13 @@ pub enum AgentError {
     /// The eBPF side failed (boxed: aya's errors are large).
     #[error(transparent)]
     Program(Box<ProgramError>),
+    /// The tunnel to the broker could not be set up.
+    #[error("tunnel to {endpoint} on node {node}: {reason}")]
+    Tunnel {
+        endpoint: String,
+        node: String,
+        reason: String,
+    },
     /// Explicitly named pods could not be tapped.
     #[error("could not tap {}", failures.join("; "))]
     Attach { failures: Vec<String> },
@@ -140,6 +158,24 @@ struct NodeTap {
     program: TapProgram,
     reader: RingReader,
     tapped: BTreeMap<PodRef, Tapped>,
+    /// What the node's programs read per packet (tunnel device and exclusion differ by node).
+    runtime: RuntimeConfig,
+    /// podtap's VXLAN device when copies are sent in the kernel; removed with the NodeTap.
+    _device: Option<KernelDevice>,
+    /// How this node sends copies, for the summary.
+    sending: String,
+}
+
+/// podtap's VXLAN device on a node, deleted when dropped.
+struct KernelDevice {
+    netns: Option<String>,
+    cfg: TunnelConfig,
+}
+
+impl Drop for KernelDevice {
+    fn drop(&mut self) {
+        tunnel::delete_device(self.netns.as_deref(), &self.cfg);
+    }
 }
 
 /// A running agent.
@@ -212,7 +248,6 @@ impl Agent {
         let output = Output::new(sink, cfg.gso, cfg.snaplen)
             .map_err(|source| AgentError::Output { source })?;
         let output = Arc::new(Mutex::new(output));
-        let runtime = runtime_config(&cfg);
 
         let mut nodes = Vec::new();
         for (i, name) in node_names.iter().enumerate() {
@@ -229,6 +264,55 @@ impl Agent {
                     attach: cfg.attach,
                 },
             )?;
+            let mut runtime = runtime_config(&cfg);
+            let mut device = None;
+            let mut sending = String::from("file only");
+            if let Some(t) = &cfg.tunnel {
+                let tunnel_err = |reason: String| AgentError::Tunnel {
+                    endpoint: t.endpoint.to_string(),
+                    node: name.clone(),
+                    reason,
+                };
+                if let Some(ex) = t.exclusion() {
+                    program.set_exclusions(&[ex])?;
+                    runtime.exclude = true;
+                }
+                sending = format!("user space to {}", t.endpoint);
+                let kernel_possible = t.endpoint.kind == podtap_tunnel::TunnelKind::Vxlan
+                    && cfg.snaplen >= podtap_abi::MAX_COPY - 1;
+                if t.mode != SendMode::UserSpace && kernel_possible {
+                    match tunnel::create_device(node.netns.as_deref(), t) {
+                        Ok(ifindex) => {
+                            runtime.tunnel_ifindex = ifindex;
+                            device = Some(KernelDevice {
+                                netns: node.netns.clone(),
+                                cfg: t.clone(),
+                            });
+                            sending = format!(
+                                "in kernel to {} via {} (GSO super-packets from user space)",
+                                t.endpoint,
+                                t.device_name()
+                            );
+                        }
+                        Err(why) if t.mode == SendMode::Kernel => return Err(tunnel_err(why)),
+                        Err(why) => tracing::warn!(
+                            node = %name,
+                            "in-kernel sending unavailable ({why}); sending from user space"
+                        ),
+                    }
+                } else if t.mode == SendMode::Kernel {
+                    return Err(tunnel_err(
+                        "in-kernel sending needs VXLAN and whole packets".into(),
+                    ));
+                }
+                let sender = podtap_cluster::netns::run_in(node.netns.as_deref(), || {
+                    podtap_tunnel::TunnelSender::connect(t.endpoint, t.policy, t.oversize)
+                })
+                .map_err(|e| tunnel_err(e.to_string()))?
+                .map_err(|e| tunnel_err(e.to_string()))?;
+                lock(&output).set_tunnel(i as u16, Some(sender));
+                tracing::info!(node = %name, "sending copies {sending}");
+            }
             program.set_prefilter(runtime, &cfg.prefilter)?;
             let ring = program.take_ring().ok_or(ProgramError::Missing {
                 what: "map",
@@ -242,6 +326,9 @@ impl Agent {
                 program,
                 reader,
                 tapped: BTreeMap::new(),
+                runtime,
+                _device: device,
+                sending,
             });
         }
 
@@ -357,15 +444,13 @@ impl Agent {
                 match node.program.attach(&veth, tap_id) {
                     Ok(ifindex) => {
                         let description = format!("node {} veth {}", node.name, veth);
-                        let registered = match self.output.lock() {
-                            Ok(mut o) => o.add_interface(node.index, ifindex, &pod, &description),
-                            Err(p) => p.into_inner().add_interface(
-                                node.index,
-                                ifindex,
-                                &pod,
-                                &description,
-                            ),
-                        };
+                        let registered = lock(&self.output).add_interface(
+                            node.index,
+                            ifindex,
+                            &pod,
+                            tap_id,
+                            &description,
+                        );
                         if let Err(source) = registered {
                             let _ = node.program.detach(ifindex);
                             return Err(AgentError::Output { source });
@@ -389,9 +474,8 @@ impl Agent {
 
     /// Replaces the in-kernel prefilter on every node, without reloading anything.
     pub fn set_prefilter(&mut self, prefilter: Prefilter) -> Result<(), AgentError> {
-        let runtime = runtime_config(&self.cfg);
         for node in &mut self.nodes {
-            node.program.set_prefilter(runtime, &prefilter)?;
+            node.program.set_prefilter(node.runtime, &prefilter)?;
         }
         self.cfg.prefilter = prefilter;
         Ok(())
@@ -432,12 +516,9 @@ impl Agent {
     }
 
     fn collect_stats(&self) -> Stats {
-        let (by_pod, output_errors) = match self.output.lock() {
-            Ok(o) => (o.counters_by_pod(), o.errors()),
-            Err(p) => {
-                let o = p.into_inner();
-                (o.counters_by_pod(), o.errors())
-            }
+        let (by_pod, output_errors, tunnel) = {
+            let o = lock(&self.output);
+            (o.counters_by_pod(), o.errors(), o.tunnel_counters())
         };
         let mut pods: BTreeMap<PodRef, PodStats> = BTreeMap::new();
         for (pod, (node, veth, counters)) in &self.retired {
@@ -488,6 +569,15 @@ impl Agent {
                 .map(|n| n.program.mode().to_string())
                 .unwrap_or_default(),
             nodes: self.nodes.len(),
+            sending: if self.cfg.tunnel.is_some() {
+                self.nodes
+                    .iter()
+                    .map(|n| format!("{}: {}", n.name, n.sending))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            tunnel,
         }
     }
 
@@ -511,10 +601,7 @@ impl Agent {
     }
 
     fn output_error(&self) -> Option<std::io::Error> {
-        let o = match self.output.lock() {
-            Ok(o) => o,
-            Err(p) => p.into_inner(),
-        };
+        let o = lock(&self.output);
         o.write_error()
             .map(|e| std::io::Error::new(e.kind(), e.to_string()))
     }
@@ -549,10 +636,7 @@ impl Agent {
             }
             node.reader.stop();
         }
-        let finished = match self.output.lock() {
-            Ok(mut o) => o.finish(),
-            Err(p) => p.into_inner().finish(),
-        };
+        let finished = lock(&self.output).finish();
         let stats = self.refresh_stats();
         if let Err(source) = finished {
             first_err.get_or_insert(AgentError::Output { source });
@@ -562,6 +646,12 @@ impl Agent {
             None => Ok(stats),
         }
     }
+}
+
+/// Locks the output; a reader thread that panicked leaves it usable (its counters are still
+/// worth reporting).
+fn lock(output: &Mutex<Output>) -> std::sync::MutexGuard<'_, Output> {
+    output.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn runtime_config(cfg: &AgentConfig) -> RuntimeConfig {

@@ -12,9 +12,11 @@ pub mod prefilter;
 pub mod program;
 pub mod reader;
 pub mod stats;
+pub mod tunnel;
 
 pub use agent::{Agent, AgentConfig, AgentError};
 pub use output::GsoMode;
 pub use prefilter::Prefilter;
 pub use program::AttachMode;
 pub use stats::Stats;
+pub use tunnel::{SendMode, TunnelConfig};

@@ -29,7 +29,22 @@ impl Collector for StatsCollector {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let per_pod: [(&str, &str, PodCounter); 8] = [
+        let per_pod: [(&str, &str, PodCounter); 11] = [
+            (
+                "podtap_tap_excluded_packets",
+                "Packets not copied because they are podtap tunnel traffic",
+                |p, d| p.kernel[d].excluded,
+            ),
+            (
+                "podtap_tap_redirected_copies",
+                "Copies sent to the broker in the kernel",
+                |p, d| p.kernel[d].redirected,
+            ),
+            (
+                "podtap_tap_redirect_failed_copies",
+                "In-kernel copies the kernel refused",
+                |p, d| p.kernel[d].redirect_failed,
+            ),
             (
                 "podtap_tap_packets",
                 "Wire packets seen on the pod's veth",
@@ -100,6 +115,33 @@ impl Collector for StatsCollector {
         )?;
         for (reason, v) in errors {
             ConstCounter::new(v).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        if let Some(t) = &stats.tunnel {
+            for (name, help, v) in [
+                (
+                    "podtap_tunnel_sent_copies",
+                    "Copies sent to the broker from user space",
+                    t.packets,
+                ),
+                (
+                    "podtap_tunnel_fragmented_copies",
+                    "Copies larger than the path MTU, sent fragmented",
+                    t.fragmented,
+                ),
+                (
+                    "podtap_tunnel_truncated_copies",
+                    "Copies cut to fit the path MTU",
+                    t.truncated,
+                ),
+                (
+                    "podtap_tunnel_lost_copies",
+                    "Copies the kernel refused to send",
+                    t.errors,
+                ),
+            ] {
+                let c = ConstCounter::new(v);
+                c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
         }
         let tapped = stats.pods.iter().filter(|p| p.tapped).count() as i64;
         let gauge = ConstGauge::new(tapped);

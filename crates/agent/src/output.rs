@@ -7,6 +7,7 @@ use std::io::{self, BufWriter, Write};
 
 use podtap_abi as abi;
 use podtap_cluster::PodRef;
+use podtap_tunnel::{SendCounters, TunnelSender};
 use podtap_wire::gso::Segmenter;
 use podtap_wire::pcapng::{Direction, InterfaceDescription, PcapngWriter};
 
@@ -50,6 +51,7 @@ pub struct OutputCounters {
 #[derive(Debug, Clone)]
 struct Interface {
     pcap_id: u32,
+    tap_id: u16,
     pod: PodRef,
     counters: [OutputCounters; 2],
 }
@@ -84,6 +86,8 @@ pub struct Output {
     write_error: Option<io::Error>,
     /// Retired interfaces' counters, kept for the totals.
     retired: Vec<(PodRef, [OutputCounters; 2])>,
+    /// Tunnel to the broker, per node (index = node), when copies are sent there.
+    tunnels: Vec<Option<TunnelSender>>,
 }
 
 impl Output {
@@ -106,15 +110,43 @@ impl Output {
             errors: OutputErrors::default(),
             write_error: None,
             retired: Vec::new(),
+            tunnels: Vec::new(),
         })
     }
 
-    /// Registers a tapped veth before its first copy can arrive.
+    /// Sends the copies of node `node` into `sender` too (or stops, with `None`).
+    pub fn set_tunnel(&mut self, node: u16, sender: Option<TunnelSender>) {
+        let i = usize::from(node);
+        if self.tunnels.len() <= i {
+            self.tunnels.resize_with(i + 1, || None);
+        }
+        self.tunnels[i] = sender;
+    }
+
+    /// What the tunnel of each node sent and lost, summed.
+    pub fn tunnel_counters(&self) -> Option<SendCounters> {
+        let mut any = false;
+        let mut sum = SendCounters::default();
+        for t in self.tunnels.iter().flatten() {
+            any = true;
+            let c = t.counters();
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+            sum.fragmented += c.fragmented;
+            sum.truncated += c.truncated;
+            sum.errors += c.errors;
+            sum.refused += c.refused;
+        }
+        any.then_some(sum)
+    }
+
+    /// Registers a tapped veth (with its pod and tap id) before its first copy can arrive.
     pub fn add_interface(
         &mut self,
         node: u16,
         ifindex: u32,
         pod: &PodRef,
+        tap_id: u16,
         description: &str,
     ) -> io::Result<()> {
         let name = pod.to_string();
@@ -131,6 +163,7 @@ impl Output {
             (node, ifindex),
             Interface {
                 pcap_id,
+                tap_id,
                 pod: pod.clone(),
                 counters: Default::default(),
             },
@@ -160,7 +193,13 @@ impl Output {
         let ts = (i128::from(rec.timestamp_ns) + self.clock_offset_ns).max(0) as u64;
         let counters = &mut iface.counters[dir];
         let pcap_id = iface.pcap_id;
+        let tap_id = iface.tap_id;
+        let to_pod = dir == 1;
         let snap = self.snaplen as usize;
+        let mut tunnel = self
+            .tunnels
+            .get_mut(usize::from(node))
+            .and_then(Option::as_mut);
 
         let whole = rec.captured_len == rec.packet_len;
         if rec.gso_segs > 1 && self.gso == GsoMode::Segment && whole {
@@ -169,6 +208,9 @@ impl Output {
             let result = self.segmenter.segment(data, rec.gso_size, |seg| {
                 counters.packets += 1;
                 counters.bytes += seg.len() as u64;
+                if let Some(t) = tunnel.as_mut() {
+                    t.send(tap_id, to_pod, &seg[..seg.len().min(snap)]);
+                }
                 if let Some(w) = writer.as_mut()
                     && write_error.is_none()
                     && let Err(e) = w.write_packet(
@@ -196,6 +238,9 @@ impl Output {
 
         counters.packets += 1;
         counters.bytes += u64::from(rec.packet_len);
+        if let Some(t) = tunnel {
+            t.send(tap_id, to_pod, &data[..data.len().min(snap)]);
+        }
         if let Some(w) = self.writer.as_mut()
             && self.write_error.is_none()
         {
@@ -314,7 +359,7 @@ mod tests {
     fn counts_and_rejects_bad_records() {
         let mut out = Output::new(None, GsoMode::Segment, 96).unwrap();
         let pod = PodRef::parse("shop/cart-1").unwrap();
-        out.add_interface(0, 7, &pod, "").unwrap();
+        out.add_interface(0, 7, &pod, 3, "").unwrap();
         out.record(0, &record(7, abi::DIR_FROM_POD, &[0u8; 60], 60));
         out.record(0, &record(7, abi::DIR_TO_POD, &[0u8; 60], 100));
         out.record(0, &record(8, abi::DIR_TO_POD, &[0u8; 60], 60));

@@ -70,10 +70,7 @@ impl Drop for RingReader {
 /// Hands every pending record to the output, a batch per lock.
 fn drain(node: u16, ring: &mut RingBuf<MapData>, output: &Mutex<Output>) {
     loop {
-        let mut out = match output.lock() {
-            Ok(o) => o,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         while n < BATCH {
             let Some(item) = ring.next() else { break };

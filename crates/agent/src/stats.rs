@@ -64,6 +64,10 @@ pub struct Stats {
     pub attach_mode: String,
     /// Nodes tapped.
     pub nodes: usize,
+    /// How each node sends copies to a broker (`node: how`), empty without a tunnel.
+    pub sending: Vec<String>,
+    /// What the user-space tunnel senders sent and lost, summed over nodes.
+    pub tunnel: Option<podtap_tunnel::SendCounters>,
 }
 
 impl Stats {
@@ -126,6 +130,26 @@ impl Stats {
                     k.truncated
                 );
             }
+        }
+        for line in &self.sending {
+            let _ = writeln!(s, "sending: {line}");
+        }
+        if let Some(t) = &self.tunnel {
+            let kernel: u64 = self
+                .pods
+                .iter()
+                .map(|p| p.kernel[0].redirected + p.kernel[1].redirected)
+                .sum();
+            let kernel_failed: u64 = self
+                .pods
+                .iter()
+                .map(|p| p.kernel[0].redirect_failed + p.kernel[1].redirect_failed)
+                .sum();
+            let _ = writeln!(
+                s,
+                "tunnel: {} copies sent in the kernel ({} refused), {} from user space ({} fragmented, {} truncated, {} lost)",
+                kernel, kernel_failed, t.packets, t.fragmented, t.truncated, t.errors
+            );
         }
         for f in &self.failures {
             let _ = writeln!(s, "not tapped: {}: {}", f.pod, f.reason);

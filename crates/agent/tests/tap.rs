@@ -2,8 +2,6 @@
 //! the same veth, selection and inventory changes, overload accounting, GSO handling, runtime
 //! prefilter changes, and nothing left attached afterwards.
 
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -11,7 +9,12 @@ use std::time::{Duration, Instant};
 use podtap_agent::{Agent, AgentConfig, GsoMode, Prefilter};
 use podtap_cluster::{Cni, LabelSelector, PodRef, PodSelection};
 use podtap_lab::{Lab, Traffic};
-use support::*;
+use podtap_testkit::*;
+
+/// BPF programs hooked on a veth (TCX or netlink tc), as the kernel reports them.
+fn hooks(netns: &str, veth: &str) -> Vec<String> {
+    podtap_agent::program::hooks_on(Some(netns), veth).unwrap()
+}
 
 const OUTBOUND: u32 = 2; // from the pod
 const INBOUND: u32 = 1; // to the pod

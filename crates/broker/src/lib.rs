@@ -7,10 +7,12 @@
 //! over VXLAN/L2GRE, NetFlow v9/IPFIX export). [`config`] is the typed configuration all of it is
 //! built from and validated against.
 
+pub mod broker;
 pub mod config;
 pub mod output;
 pub mod packet;
 pub mod pipeline;
 
+pub use broker::{Broker, BrokerError, BrokerStats};
 pub use config::{BrokerConfig, ConfigError, PolicyConfig};
 pub use packet::{Direction, Packet, Source};

@@ -270,10 +270,32 @@ mod tests {
                 ip: "10.244.1.2".into(),
                 host_veth: "cali0123456789a".into(),
                 netns: Some("pt-lab-n1-p1".into()),
+                tap_id: Some(1),
             }],
         };
         inv.save(&path).unwrap();
         assert_eq!(Inventory::load(&path).unwrap(), inv);
+    }
+
+    #[test]
+    fn free_tap_ids_go_up_then_wrap() {
+        let pod = |tap| Pod {
+            namespace: "ns".into(),
+            name: format!("p{tap}"),
+            labels: Default::default(),
+            node: "n".into(),
+            ip: "10.0.0.1".into(),
+            host_veth: "v".into(),
+            netns: None,
+            tap_id: Some(tap),
+        };
+        let mut inv = Inventory::default();
+        assert_eq!(inv.free_tap_id(), Some(1));
+        inv.pods = vec![pod(1), pod(7)];
+        assert_eq!(inv.free_tap_id(), Some(8));
+        assert_eq!(inv.pod_by_tap_id(7).map(|p| p.name.as_str()), Some("p7"));
+        inv.pods = vec![pod(MAX_TAP_ID), pod(1)];
+        assert_eq!(inv.free_tap_id(), Some(2));
     }
 
     #[test]

@@ -57,6 +57,22 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Send copies to a broker: `vxlan://ADDR[:PORT]` or `l2gre://ADDR` (besides any -w file).
+    #[arg(long)]
+    pub tunnel: Option<podtap_tunnel::TunnelEndpoint>,
+    /// VNI that labels this policy's copies (with a vxlan:// tunnel).
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// 16-bit policy key in the GRE key of this policy's copies (with an l2gre:// tunnel).
+    #[arg(long)]
+    pub gre_key: Option<u16>,
+    /// Send copies in the kernel where possible (auto), always from user space, or only in the kernel.
+    #[arg(long, default_value = "auto")]
+    pub send: podtap_agent::SendMode,
+    /// Copies too big for the path MTU once encapsulated: `fragment` (IP fragments, nothing
+    /// lost) or `truncate` (cut to fit, counted).
+    #[arg(long, default_value = "fragment")]
+    pub oversize: podtap_tunnel::Oversize,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -132,6 +148,30 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     cfg.ring_bytes = args.ring_size;
     cfg.gso = args.gso;
     cfg.attach = args.attach;
+    cfg.tunnel = match (args.tunnel, args.vni, args.gre_key) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            bail!("--vni and --gre-key label copies sent with --tunnel: give --tunnel too")
+        }
+        (Some(endpoint), vni, key) => {
+            let policy = match (endpoint.kind, vni, key) {
+                (podtap_tunnel::TunnelKind::Vxlan, Some(v), None) => v,
+                (podtap_tunnel::TunnelKind::L2gre, None, Some(k)) => u32::from(k),
+                (podtap_tunnel::TunnelKind::Vxlan, _, _) => {
+                    bail!("a vxlan:// tunnel needs --vni (and no --gre-key)")
+                }
+                (podtap_tunnel::TunnelKind::L2gre, _, _) => {
+                    bail!("an l2gre:// tunnel needs --gre-key (and no --vni)")
+                }
+            };
+            Some(podtap_agent::TunnelConfig {
+                endpoint,
+                policy,
+                oversize: args.oversize,
+                mode: args.send,
+            })
+        }
+    };
 
     let to_stdout = args.write.as_deref() == Some("-");
     let sink: Option<podtap_agent::output::PacketSink> = match args.write.as_deref() {

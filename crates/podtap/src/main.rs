@@ -1,7 +1,8 @@
 //! `podtap`: the command line. Subcommands: `demo` (the whole thing on a local lab), `lab`
-//! (the emulated cluster), `agent` (the tap).
+//! (the emulated cluster), `agent` (the tap), `broker` (the packet broker).
 
 mod agent_cmd;
+mod broker_cmd;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -24,8 +25,10 @@ enum Command {
     /// The local lab: an emulated Kubernetes cluster of network namespaces.
     #[command(subcommand)]
     Lab(podtap_lab::cli::LabCommand),
-    /// Tap the selected pods' veths and write their traffic as pcapng.
+    /// Tap the selected pods' veths and write their traffic as pcapng or send it to a broker.
     Agent(agent_cmd::AgentArgs),
+    /// Receive tapped copies over VXLAN/L2GRE and run per-policy pipelines to the tools.
+    Broker(broker_cmd::BrokerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Lab(cmd) => podtap_lab::cli::run(cmd),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Broker(args) => broker_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

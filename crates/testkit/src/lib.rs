@@ -1,7 +1,6 @@
-//! Test support for the agent's real-kernel tests: labs named per test process (swept when
-//! their process is gone), tcpdump as ground truth on the same veth, and pcapng reading.
-
-#![allow(dead_code)]
+//! Test support for podtap's real-kernel tests: labs named per test process and test (swept
+//! when their process is gone), tcpdump as ground truth on the same interface, pcapng reading,
+//! and what the kernel says is hooked on a veth. Tests panic on failure, so this does too.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,11 +33,15 @@ impl std::ops::DerefMut for TestLab {
     }
 }
 
-/// Brings up a lab for the test `tag` (letters only).
+/// Brings up a lab for the test `tag` (letters only; unique per test binary and test).
 pub fn lab(tag: &str, nodes: Vec<Cni>, pods_per_node: usize) -> TestLab {
     sweep_dead_test_labs();
     let root = tempfile::tempdir().unwrap();
     let name = format!("ta{tag}{}", std::process::id());
+    assert!(
+        tag.chars().all(|c| c.is_ascii_lowercase()),
+        "test lab tags are letters"
+    );
     let spec = LabSpec::new(&name, nodes, pods_per_node);
     TestLab {
         lab: LabGuard::up_in(root.path(), &spec).unwrap(),
@@ -80,7 +83,8 @@ pub struct Tcpdump {
 }
 
 impl Tcpdump {
-    /// Starts tcpdump in the node's namespace and waits until it listens.
+    /// Starts tcpdump on `veth` (any interface) in `netns` and waits until it listens.
+    /// `direction` is tcpdump's `-Q`: `in`, `out` or `inout`.
     pub fn start(netns: &str, veth: &str, direction: &str) -> Tcpdump {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cap.pcap");
@@ -200,11 +204,6 @@ pub fn packets_of(cap: &[Captured], interface: &str, direction: u32) -> Vec<Vec<
 pub fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     v.sort();
     v
-}
-
-/// BPF programs hooked on a veth (TCX or netlink tc), as the kernel reports them.
-pub fn hooks(netns: &str, veth: &str) -> Vec<String> {
-    podtap_agent::program::hooks_on(Some(netns), veth).unwrap()
 }
 
 /// Whether a BPF program with this id still exists.
