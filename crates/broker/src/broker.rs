@@ -198,7 +198,8 @@ pub struct BrokerStats {
 /// A running broker.
 pub struct Broker {
     config: BrokerConfig,
-    receiver: TunnelReceiver,
+    /// None when replaying a capture (nothing is received from the network).
+    receiver: Option<TunnelReceiver>,
     policies: Vec<Policy>,
     by_vni: HashMap<u32, usize>,
     by_gre_key: HashMap<u16, usize>,
@@ -226,6 +227,19 @@ impl Broker {
             gre: listen.gre,
             source,
         })?;
+        Self::build(config, Some(receiver))
+    }
+
+    /// A broker that receives nothing from the network: its policies process frames given to
+    /// [`Broker::process`] (replaying a capture, benchmarks).
+    pub fn offline(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        Self::build(config, None)
+    }
+
+    fn build(
+        config: BrokerConfig,
+        receiver: Option<TunnelReceiver>,
+    ) -> Result<Broker, BrokerError> {
         let mut broker = Broker {
             receiver,
             policies: Vec::new(),
@@ -269,7 +283,15 @@ impl Broker {
 
     /// The address VXLAN is received on (useful with port 0).
     pub fn vxlan_addr(&self) -> std::io::Result<SocketAddr> {
-        self.receiver.vxlan_addr()
+        match &self.receiver {
+            Some(r) => r.vxlan_addr(),
+            None => Err(std::io::Error::other("an offline broker receives nothing")),
+        }
+    }
+
+    /// Index of the policy with this name.
+    pub fn policy_index(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.config.name == name)
     }
 
     fn index(&mut self) {
@@ -326,7 +348,14 @@ impl Broker {
         let mut next_tick = Instant::now() + TICK;
         let mut next_inventory = Instant::now() + INVENTORY_POLL;
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-            if let Some(received) = self.receiver.recv(&mut self.buf, TICK) {
+            let received = match self.receiver.as_mut() {
+                Some(r) => r.recv(&mut self.buf, TICK),
+                None => {
+                    std::thread::sleep(TICK);
+                    None
+                }
+            };
+            if let Some(received) = received {
                 self.dispatch(&received);
             }
             let now = Instant::now();
@@ -362,12 +391,7 @@ impl Broker {
                 return;
             }
         };
-        let pkt = &mut self.packet;
-        pkt.data.clear();
-        pkt.data.extend_from_slice(&self.buf[r.frame.clone()]);
-        pkt.original_len = pkt.data.len() as u32;
-        pkt.timestamp_ns = now_ns();
-        pkt.source = Source {
+        let source = Source {
             policy: index,
             tap: r.tap,
             direction: match r.to_pod {
@@ -377,7 +401,23 @@ impl Broker {
             },
             agent: r.agent,
         };
-        let policy = &mut self.policies[index];
+        let frame = r.frame.clone();
+        let buf = std::mem::take(&mut self.buf);
+        self.process(source, now_ns(), &buf[frame]);
+        self.buf = buf;
+    }
+
+    /// Runs one frame through the policy `source.policy`: its stages, then its outputs.
+    pub fn process(&mut self, source: Source, timestamp_ns: u64, frame: &[u8]) {
+        let pkt = &mut self.packet;
+        pkt.data.clear();
+        pkt.data.extend_from_slice(frame);
+        pkt.original_len = frame.len() as u32;
+        pkt.timestamp_ns = timestamp_ns;
+        pkt.source = source;
+        let Some(policy) = self.policies.get_mut(source.policy) else {
+            return;
+        };
         policy.received += 1;
         if !policy.pipeline.run(pkt) {
             return;
@@ -397,11 +437,12 @@ impl Broker {
         }
     }
 
-    fn tick(&mut self) {
-        let now = now_ns();
+    /// Runs the outputs' timers at time `now_ns` (rotation, flow expiry); the receive loop
+    /// does this itself, a replay calls it with the capture's time.
+    pub fn tick_at(&mut self, now_ns: u64) {
         for p in &mut self.policies {
             for (i, o) in p.outputs.iter_mut().enumerate() {
-                if let Err(e) = o.tick(now) {
+                if let Err(e) = o.tick(now_ns) {
                     if p.output_failures[i] == 0 {
                         tracing::warn!(policy = %p.config.name, output = i, "timer: {e}");
                     }
@@ -409,6 +450,10 @@ impl Broker {
                 }
             }
         }
+    }
+
+    fn tick(&mut self) {
+        self.tick_at(now_ns());
     }
 
     /// Applies a new configuration: unchanged policies keep running untouched (their files,
@@ -490,7 +535,11 @@ impl Broker {
     /// Everything counted so far.
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {
-            received: self.receiver.counters().clone(),
+            received: self
+                .receiver
+                .as_ref()
+                .map(|r| r.counters().clone())
+                .unwrap_or_default(),
             unmatched: self.unmatched.clone(),
             policies: self
                 .policies

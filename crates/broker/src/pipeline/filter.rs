@@ -62,7 +62,7 @@ pub struct FilterConfig {
     /// VLAN IDs (any of, 0-4095): a frame matches when any of its tags, outer or inner, has one.
     /// Untagged frames do not match.
     #[serde(default, skip_serializing_if = "is_empty")]
-    pub vlan: Box<[u16]>,
+    pub vlan: Box<[u32]>,
     /// EtherTypes after any VLAN tags (any of): `ipv4`, `ipv6`, `arp`, or a number (decimal, or
     /// hexadecimal as `"0x88cc"`).
     #[serde(default, skip_serializing_if = "is_empty")]
@@ -180,7 +180,11 @@ impl FilterConfig {
         let mut m = FieldMatch {
             src_mac: macs("src_mac", &self.src_mac, &mut p),
             dst_mac: macs("dst_mac", &self.dst_mac, &mut p),
-            vlan: self.vlan.to_vec(),
+            vlan: self
+                .vlan
+                .iter()
+                .filter_map(|&v| u16::try_from(v).ok())
+                .collect(),
             ethertype: numbers("ethertype", &self.ethertype, 0xffff, ethertype_name, &mut p)
                 .into_iter()
                 .map(|n| n as u16)
