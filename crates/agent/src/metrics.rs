@@ -4,11 +4,10 @@
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
+use podtap_metrics::prometheus_client::collector::Collector;
+use podtap_metrics::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use podtap_metrics::prometheus_client::metrics::counter::ConstCounter;
+use podtap_metrics::prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::stats::{DIRECTIONS, Stats};
 
@@ -164,53 +163,10 @@ impl Collector for StatsCollector {
 
 /// Renders the stats in the Prometheus text format.
 pub fn render(stats: &SharedStats) -> String {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(StatsCollector(stats.clone())));
-    let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
-        out.clear();
-    }
-    out
+    podtap_metrics::render(StatsCollector(stats.clone()))
 }
 
 /// Serves `GET /metrics` on `listener` from a background thread until the process ends.
 pub fn serve(listener: TcpListener, stats: SharedStats) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("podtap-metrics".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("metrics endpoint: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let stats = stats.clone();
-                        async move {
-                            (
-                                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                                render(&stats),
-                            )
-                        }
-                    }),
-                );
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
-                            tracing::error!("metrics endpoint: {e}");
-                        }
-                    }
-                    Err(e) => tracing::error!("metrics endpoint: {e}"),
-                }
-            });
-        })?;
-    Ok(())
+    podtap_metrics::serve(listener, move || render(&stats))
 }

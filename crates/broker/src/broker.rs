@@ -208,6 +208,8 @@ pub struct Broker {
     inventory_raw: Vec<u8>,
     buf: Vec<u8>,
     packet: Packet,
+    /// The counters as of the last tick, for the metrics endpoint.
+    shared: crate::metrics::SharedStats,
 }
 
 impl Broker {
@@ -250,6 +252,7 @@ impl Broker {
             inventory_raw: Vec::new(),
             buf: Vec::with_capacity(podtap_tunnel::MAX_DATAGRAM),
             packet: Packet::new(),
+            shared: Default::default(),
             config: config.clone(),
         };
         let mut problems = config.problems();
@@ -454,6 +457,16 @@ impl Broker {
 
     fn tick(&mut self) {
         self.tick_at(now_ns());
+        if let Some(r) = self.receiver.as_mut() {
+            r.refresh_drops();
+        }
+        let stats = self.stats();
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+
+    /// The counters as of the last timer tick, shared with a metrics endpoint.
+    pub fn shared_stats(&self) -> crate::metrics::SharedStats {
+        self.shared.clone()
     }
 
     /// Applies a new configuration: unchanged policies keep running untouched (their files,
@@ -558,6 +571,9 @@ impl Broker {
 
     /// Finishes every output (closes files, exports remaining flows) and returns the stats.
     pub fn finish(mut self) -> BrokerStats {
+        if let Some(r) = self.receiver.as_mut() {
+            r.refresh_drops();
+        }
         for p in &mut self.policies {
             p.finish();
         }

@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod metrics;
 pub mod output;
 pub mod packet;
 pub mod pipeline;

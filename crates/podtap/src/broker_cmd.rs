@@ -62,8 +62,16 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("installing SIGHUP")?;
 
+    let metrics = config.listen.metrics;
     let mut broker = Broker::start(config)?;
     tracing::info!("broker receiving VXLAN on {}", broker.vxlan_addr()?);
+    if let Some(addr) = metrics {
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("metrics address {addr}"))?;
+        let stats = broker.shared_stats();
+        podtap_metrics::serve(listener, move || podtap_broker::metrics::render(&stats))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
     let mut last = std::fs::read(&args.config).unwrap_or_default();
     let deadline = args
         .duration

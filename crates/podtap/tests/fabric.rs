@@ -763,3 +763,95 @@ fn an_invalid_pipeline_is_refused_with_every_problem() {
     );
     assert!(unknown.unwrap_err().to_string().contains("colour"));
 }
+
+#[test]
+fn overload_loss_is_counted_exactly_and_metrics_show_drops_by_reason() {
+    let mut lab = lab("ov", vec![Cni::Calico], 1);
+    let host = lab.add_host("broker").unwrap();
+    let sender = lab.add_host("flood").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "listen:\n  metrics: 127.0.0.1:9465\npolicies:\n  - name: p\n    vni: 5\n    stages:\n      - type: filter\n        expression: \"udp\"\n    outputs:\n      - type: pcap\n        directory: {}\n",
+        dir.path().display()
+    );
+    let config = BrokerConfig::parse(&yaml, Path::new("t.yaml")).unwrap();
+    // The broker binds its sockets, then does not read while a burst far larger than its
+    // receive buffer arrives: the kernel drops the excess and says how many.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let netns = host.netns.clone();
+    let handle = std::thread::spawn(move || {
+        podtap_cluster::netns::enter(&netns).unwrap();
+        let mut broker = Broker::start(config).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:9465").unwrap();
+        let stats = broker.shared_stats();
+        podtap_metrics::serve(listener, move || podtap_broker::metrics::render(&stats)).unwrap();
+        ready_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        broker.run(&flag, None);
+        let body = podtap_cluster::netns::run_in(None, || scrape(9465)).unwrap();
+        (broker.finish(), body)
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let sent = 60_000u64;
+    let target = host.ip;
+    podtap_cluster::netns::run_in(Some(&sender.netns), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut udp = vec![0x08, 0, 0, 0, 0, 0, 5, 0];
+        let mut frame = vec![0u8; 1000];
+        frame[12] = 0x08;
+        frame[14] = 0x45;
+        frame[23] = 17; // UDP
+        udp.extend_from_slice(&frame);
+        for i in 0..sent {
+            // Every 3rd one is TCP, for the filter to drop.
+            udp[8 + 23] = if i % 3 == 0 { 6 } else { 17 };
+            while s.send_to(&udp, (target, 4789)).is_err() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    })
+    .unwrap();
+    go_tx.send(()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (stats, metrics) = handle.join().unwrap();
+    let r = &stats.received;
+    assert!(
+        r.socket_dropped > 0,
+        "the burst did not overflow the socket: {}",
+        stats.render()
+    );
+    assert_eq!(
+        r.packets + r.socket_dropped,
+        sent,
+        "received + dropped by the kernel != sent: {}",
+        stats.render()
+    );
+    let p = &stats.policies[0];
+    let filtered = p.stages[0].dropped.get("unmatched").copied().unwrap_or(0);
+    assert_eq!(p.received, r.packets);
+    assert_eq!(p.kept + filtered, p.received);
+    assert!(
+        metrics.contains("podtap_broker_socket_dropped_packets_total"),
+        "{metrics}"
+    );
+    let line = format!(
+        "podtap_stage_dropped_packets_total{{policy=\"p\",stage=\"0:filter\",reason=\"unmatched\"}} {filtered}"
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}

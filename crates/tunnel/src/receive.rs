@@ -53,6 +53,9 @@ pub struct ReceiveCounters {
     pub bytes: u64,
     /// Packets that are not usable, by reason (`vxlan_truncated`, `not_l2gre`, ...).
     pub malformed: BTreeMap<&'static str, u64>,
+    /// Packets the kernel dropped because a receive buffer was full (the broker could not keep
+    /// up), as of the last [`TunnelReceiver::refresh_drops`].
+    pub socket_dropped: u64,
 }
 
 /// The receiving end of podtap's tunnels.
@@ -142,7 +145,7 @@ impl TunnelReceiver {
                 self.vxlan.as_raw_fd()
             };
             let (n, agent) = match sock::recv_from(fd, buf) {
-                Ok(r) => r,
+                Ok(d) => (d.len, d.from),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(_) => {
                     self.count("receive_error");
@@ -178,6 +181,21 @@ impl TunnelReceiver {
             );
         }
         *n += 1;
+    }
+
+    /// Reads the kernel's drop counters of the sockets into [`ReceiveCounters::socket_dropped`]
+    /// (cheap: one getsockopt per socket; the broker calls it on every timer tick).
+    pub fn refresh_drops(&mut self) {
+        let mut total = u64::from(sock::drops(self.vxlan.as_raw_fd()).unwrap_or(0));
+        if let Some(g) = &self.gre {
+            total += u64::from(sock::drops(g.as_raw_fd()).unwrap_or(0));
+        }
+        if total > self.counters.socket_dropped && self.counters.socket_dropped == 0 {
+            tracing::warn!(
+                "the kernel dropped tunnel packets: the broker is not keeping up (counting)"
+            );
+        }
+        self.counters.socket_dropped = total;
     }
 
     /// What was received and skipped so far.

@@ -193,26 +193,54 @@ pub fn send2(fd: RawFd, header: &[u8], payload: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// recvfrom(2) into `buf` (its length is the limit); returns the bytes and the source address.
-pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, IpAddr)> {
-    // SAFETY: all-zero sockaddr_storage is valid.
-    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: buf and sa are valid for writes of their lengths.
-    let n = unsafe {
-        libc::recvfrom(
+/// The socket's drop counter (`sk_drops`: datagrams the kernel dropped because the receive
+/// buffer was full), read with `SO_MEMINFO`.
+pub fn drops(fd: RawFd) -> io::Result<u32> {
+    /// `SK_MEMINFO_DROPS` and `SK_MEMINFO_VARS` from <linux/sock_diag.h>.
+    const SK_MEMINFO_DROPS: usize = 8;
+    const SK_MEMINFO_VARS: usize = 9;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info is a buffer of len bytes.
+    check(unsafe {
+        libc::getsockopt(
             fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            &mut sa as *mut _ as *mut libc::sockaddr,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr() as *mut libc::c_void,
             &mut len,
         )
+    })?;
+    Ok(info[SK_MEMINFO_DROPS])
+}
+
+/// One datagram: its length (possibly more than was read) and its source.
+pub struct Datagram {
+    /// Bytes of the datagram (with `MSG_TRUNC`, its real length).
+    pub len: usize,
+    /// Where it came from.
+    pub from: IpAddr,
+}
+
+/// recvmsg(2) into `buf` (its length is the limit), non-blocking.
+pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
+    // SAFETY: all-zero sockaddr_storage and msghdr are valid.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
     };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: msg describes valid buffers for the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let ip = match sa.ss_family as i32 {
+    let from = match sa.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in.
             let sin = unsafe { &*(&sa as *const _ as *const libc::sockaddr_in) };
@@ -228,7 +256,10 @@ pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, IpAddr)> {
         }
         _ => IpAddr::from([0, 0, 0, 0]),
     };
-    Ok((n as usize, ip))
+    Ok(Datagram {
+        len: n as usize,
+        from,
+    })
 }
 
 /// Waits until one of `fds` is readable or `timeout_ms` passes; returns which are readable.
