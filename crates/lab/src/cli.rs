@@ -39,6 +39,15 @@ pub enum LabCommand {
         #[arg(long, short, default_value = DEFAULT_LAB)]
         name: String,
     },
+    /// Add a host on the underlay (for a broker, a tool or a flow collector) and print its
+    /// namespace and address; an existing host of that name is reused.
+    Host {
+        /// Lab name.
+        #[arg(short, long, default_value = DEFAULT_LAB)]
+        name: String,
+        /// Host name, [a-z0-9]{1,8}.
+        host: String,
+    },
     /// Show nodes and pods with IPs, veths, and whether each netns exists.
     Status {
         /// Lab name.
@@ -149,6 +158,12 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LabCommand::Status { name } => status(&name),
+        LabCommand::Host { name, host } => {
+            let mut lab = Lab::open(&name).with_context(|| format!("opening lab {name:?}"))?;
+            let h = lab.add_host(&host)?;
+            println!("host {} in netns {} at {}", h.name, h.netns, h.ip);
+            Ok(())
+        }
         LabCommand::Traffic {
             name,
             from,
