@@ -13,5 +13,7 @@ mod send;
 mod sock;
 
 pub use endpoint::{EndpointError, TunnelEndpoint, TunnelKind};
-pub use receive::{Encap, MAX_DATAGRAM, ReceiveCounters, Received, TunnelReceiver};
+pub use receive::{
+    Encap, MAX_DATAGRAM, ReceiveCounters, Received, TunnelReceiver, decode_gre, decode_vxlan,
+};
 pub use send::{Labels, Oversize, SendCounters, TunnelSender};
