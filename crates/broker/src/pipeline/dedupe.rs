@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::Verdict;
-use super::slice::{Layers, ip_proto};
+use super::layers::{Layers, ip_proto};
 use crate::packet::Packet;
 
 /// The xxh3 seed of the packet hash: fixed, so hashes agree across processes and restarts.

@@ -40,7 +40,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::Verdict;
-use super::slice::{Layers, ethertype, ip_proto};
+use super::layers::{Layers, ethertype, ip_proto};
 use crate::packet::Packet;
 
 /// Configuration of the `filter` stage.

@@ -37,7 +37,7 @@ use regex_automata::{Input, Span};
 use serde::{Deserialize, Serialize};
 
 use super::Verdict;
-use super::slice::Layers;
+use super::layers::Layers;
 use crate::packet::Packet;
 
 /// Configuration of the `mask` stage.

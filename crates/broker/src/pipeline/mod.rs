@@ -4,6 +4,7 @@
 
 pub mod dedupe;
 pub mod filter;
+pub mod layers;
 pub mod mask;
 pub mod sample;
 pub mod slice;

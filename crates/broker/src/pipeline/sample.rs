@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::Verdict;
-use super::slice::Layers;
+use super::layers::Layers;
 use crate::packet::Packet;
 
 /// The xxh3 seed of the flow hash: fixed, so every process samples the same flows.
