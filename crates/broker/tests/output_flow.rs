@@ -3,6 +3,7 @@
 //! collector: nfcapd receives what the output sends, nfdump's totals per 5-tuple must equal the
 //! packets fed in.
 
+use podtap_testkit::nfdump_csv as nfdump;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -647,42 +648,6 @@ impl Drop for Nfcapd {
             let _ = self.child.take().map(|mut c| c.wait());
         }
     }
-}
-
-/// nfdump's CSV output for the files in `dir`: one map from column name to value per flow.
-fn nfdump(dir: &Path) -> Vec<BTreeMap<String, String>> {
-    let output = Command::new("nfdump")
-        .arg("-R")
-        .arg(dir)
-        .args(["-N", "-o", "csv"])
-        .env("TZ", "UTC")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("nfdump could not be run ({e}): install it with scripts/install-deps.sh")
-        });
-    assert!(
-        output.status.success(),
-        "nfdump failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .expect("nfdump printed a header")
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    lines
-        .take_while(|l| !l.is_empty() && !l.starts_with("Summary"))
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(str::to_string))
-                .collect()
-        })
-        .collect()
 }
 
 /// One thing the collector test does.

@@ -2,8 +2,7 @@
 //! with a clear error and leaves nothing attached; SIGKILL and SIGTERM leave no hook; `-w -`
 //! streams into tshark; `/metrics` serves the counters; `lab up/status/down` work.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -306,7 +305,7 @@ fn metrics_endpoint_serves_counters() {
     let want = "podtap_tap_packets_total{namespace=\"shop\",pod=\"cart-1\",node=\"node-1\",direction=\"to-pod\"}";
     let mut body = String::new();
     wait_for("metrics with the traffic", || {
-        body = scrape(port);
+        body = podtap_testkit::scrape_metrics(port);
         body.lines()
             .find(|l| l.starts_with(want))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -321,17 +320,6 @@ fn metrics_endpoint_serves_counters() {
     }
     signal(&child, libc::SIGTERM);
     assert!(child.wait().unwrap().success());
-}
-
-fn scrape(port: u16) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[test]

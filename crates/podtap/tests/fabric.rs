@@ -791,7 +791,8 @@ fn overload_loss_is_counted_exactly_and_metrics_show_drops_by_reason() {
         ready_tx.send(()).unwrap();
         go_rx.recv().unwrap();
         broker.run(&flag, None);
-        let body = podtap_cluster::netns::run_in(None, || scrape(9465)).unwrap();
+        let body =
+            podtap_cluster::netns::run_in(None, || podtap_testkit::scrape_metrics(9465)).unwrap();
         (broker.finish(), body)
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -842,18 +843,6 @@ fn overload_loss_is_counted_exactly_and_metrics_show_drops_by_reason() {
         "podtap_stage_dropped_packets_total{{policy=\"p\",stage=\"0:filter\",reason=\"unmatched\"}} {filtered}"
     );
     assert!(metrics.contains(&line), "{line} not in\n{metrics}");
-}
-
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[test]

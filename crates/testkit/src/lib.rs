@@ -2,6 +2,7 @@
 //! when their process is gone), tcpdump as ground truth on the same interface, pcapng reading,
 //! and what the kernel says is hooked on a veth. Tests panic on failure, so this does too.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -232,4 +233,116 @@ pub fn udp_with_port(cap: &[Captured], interface: &str, direction: u32, port: u1
             }
         })
         .count()
+}
+
+/// Runs `tshark -r FILE ARGS...` and returns its output lines. Fails with the install hint when
+/// tshark is missing (a test must not pass without its ground truth).
+pub fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
+    let output = Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("tshark could not be run ({e}): install it with scripts/install-deps.sh")
+        });
+    assert!(
+        output.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// nfdump's CSV output for the nfcapd files in `dir`: one map from column name (`sa`, `da`,
+/// `sp`, `dp`, `pr`, `ipkt`, `ibyt`, `in`, `dir`, ...) to value per flow.
+pub fn nfdump_csv(dir: &Path) -> Vec<BTreeMap<String, String>> {
+    let output = Command::new("nfdump")
+        .arg("-R")
+        .arg(dir)
+        .args(["-N", "-o", "csv"])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("nfdump could not be run ({e}): install it with scripts/install-deps.sh")
+        });
+    assert!(
+        output.status.success(),
+        "nfdump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .take_while(|l| !l.is_empty() && !l.starts_with("Summary"))
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(|v| v.trim().to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// `GET /metrics` from 127.0.0.1:`port` (in the caller's network namespace); empty when nothing
+/// answers.
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A global allocator that counts the allocations of each thread, for tests that check the
+/// packet path allocates nothing:
+///
+/// ```text
+/// #[global_allocator]
+/// static ALLOC: podtap_testkit::CountingAllocator = podtap_testkit::CountingAllocator;
+/// let before = podtap_testkit::allocations();
+/// // ... the work ...
+/// assert_eq!(podtap_testkit::allocations(), before);
+/// ```
+pub struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Allocations (and reallocations) of this thread so far, under [`CountingAllocator`].
+pub fn allocations() -> u64 {
+    ALLOCATIONS.with(std::cell::Cell::get)
 }

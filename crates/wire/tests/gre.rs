@@ -4,8 +4,7 @@
 //!
 //! tshark is required: the tshark test fails (never skips) when it is missing.
 
-use std::path::Path;
-use std::process::Command;
+use podtap_testkit::tshark;
 
 use etherparse::{IpNumber, PacketBuilder};
 use podtap_wire::error::WireError;
@@ -142,28 +141,6 @@ proptest! {
     fn key_round_trip(policy in any::<u16>(), tap in 0..=MAX_TAP, to_pod in any::<bool>()) {
         prop_assert_eq!(split_gre_key(gre_key(policy, tap, to_pod)), (policy, tap, to_pod));
     }
-}
-
-/// Runs tshark on `file` with `args` and returns its standard output lines.
-fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
-    let output = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("tshark could not be run ({e}): install it with scripts/install-deps.sh")
-        });
-    assert!(
-        output.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// A tapped frame: Ethernet/IPv4/UDP from `src` to `dst`, with an odd-length payload.

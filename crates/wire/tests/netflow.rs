@@ -5,8 +5,7 @@
 //!
 //! tshark and nfdump are required: these tests fail (never skip) when they are missing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use podtap_testkit::tshark;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -535,33 +534,10 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 // No allocation after warm-up.
 
-/// Counts allocations made by the current thread.
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: defers to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: podtap_testkit::CountingAllocator = podtap_testkit::CountingAllocator;
+
+use podtap_testkit::allocations;
 
 #[test]
 fn encoding_allocates_nothing_after_warm_up() {
@@ -572,41 +548,19 @@ fn encoding_allocates_nothing_after_warm_up() {
         encoder.encode(&records, true, NOW_MS, UPTIME_MS, 1400, |m| {
             bytes += m.len()
         });
-        let before = ALLOCATIONS.with(Cell::get);
+        let before = allocations();
         for _ in 0..10 {
             encoder.encode(&records, true, NOW_MS, UPTIME_MS, 1400, |m| {
                 bytes += m.len()
             });
         }
-        assert_eq!(ALLOCATIONS.with(Cell::get), before, "{version:?}");
+        assert_eq!(allocations(), before, "{version:?}");
         assert!(bytes > 0);
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // tshark.
-
-/// Runs tshark on `file` with `args` and returns its standard output lines.
-fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
-    let output = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("tshark could not be run ({e}): install it with scripts/install-deps.sh")
-        });
-    assert!(
-        output.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// Writes each message as the payload of an Ethernet/IPv4/UDP frame to port 2055.
 fn write_pcapng(path: &Path, messages: &[Vec<u8>]) {

@@ -1,44 +1,15 @@
 //! Proves the per-packet paths allocate nothing: a counting global allocator watches
 //! `PcapngWriter::write_packet` and `Segmenter::segment` after warm-up.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::Write;
 
 use etherparse::PacketBuilder;
 use podtap_wire::{Direction, InterfaceDescription, PcapngWriter, Segmenter};
 
-/// Counts allocations made by the current thread.
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: defers to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: podtap_testkit::CountingAllocator = podtap_testkit::CountingAllocator;
 
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
+use podtap_testkit::allocations;
 
 /// An output that discards everything without allocating.
 struct Sink(usize);

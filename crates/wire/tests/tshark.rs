@@ -3,33 +3,10 @@
 //!
 //! tshark is required: these tests fail (never skip) when it is missing.
 
-use std::path::Path;
-use std::process::Command;
+use podtap_testkit::tshark;
 
 use etherparse::PacketBuilder;
 use podtap_wire::{Direction, InterfaceDescription, PcapngWriter, Segmenter};
-
-/// Runs tshark on `file` with `args` and returns its standard output, one line per packet.
-fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
-    let output = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("tshark could not be run ({e}): install it with scripts/install-deps.sh")
-        });
-    assert!(
-        output.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn ethernet(name: &str) -> InterfaceDescription<'_> {
     InterfaceDescription {

@@ -3,8 +3,7 @@
 //!
 //! tshark is required: the tshark test fails (never skips) when it is missing.
 
-use std::path::Path;
-use std::process::Command;
+use podtap_testkit::tshark;
 
 use etherparse::PacketBuilder;
 use podtap_wire::vxlan::{
@@ -80,28 +79,6 @@ proptest! {
         let (tap, to_pod) = tap_label(id);
         prop_assert_eq!(group_policy_id(tap, to_pod), id);
     }
-}
-
-/// Runs tshark on `file` with `args` and returns its standard output lines.
-fn tshark(file: &Path, args: &[&str]) -> Vec<String> {
-    let output = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("tshark could not be run ({e}): install it with scripts/install-deps.sh")
-        });
-    assert!(
-        output.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// A tapped frame: Ethernet/IPv4/UDP from `src` to `dst`.
