@@ -7,12 +7,9 @@
 //! Both run on a lab ([`bench_lab`]) that is removed at the end, also on error.
 
 mod bench_lab;
-mod capture_cmd;
 mod child;
 mod cpu;
 mod iperf;
-mod measure;
-mod synth;
 mod tap;
 mod tap_cost;
 mod veth_meter;
@@ -34,8 +31,6 @@ enum Command {
     Tap(tap_cost::TapArgs),
     /// Highest paced packet rate with zero dropped copies, for 64- and 1400-byte frames.
     ZeroDrop(zero_drop::ZeroDropArgs),
-    /// Write the broker benchmarks' synthetic capture (deterministic pcap) and print its ground truth.
-    Capture(capture_cmd::CaptureArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,7 +38,6 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Tap(args) => tap_cost::run(args),
         Command::ZeroDrop(args) => zero_drop::run(args),
-        Command::Capture(args) => capture_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
