@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod output;
 pub mod packet;
 pub mod pipeline;
+pub mod replay;
 
 pub use broker::{Broker, BrokerError, BrokerStats};
 pub use config::{BrokerConfig, ConfigError, PolicyConfig};

@@ -99,13 +99,12 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a capture through one policy of an offline broker.
+/// Runs a capture through one policy of an offline broker and prints the counters and the rate.
 fn replay(
     config: BrokerConfig,
     capture: &std::path::Path,
     policy: Option<&str>,
 ) -> anyhow::Result<()> {
-    use podtap_broker::{Direction, Source};
     let name = policy
         .map(str::to_string)
         .unwrap_or_else(|| config.policies[0].name.clone());
@@ -113,69 +112,9 @@ fn replay(
     let index = broker
         .policy_index(&name)
         .with_context(|| format!("no policy named {name:?}"))?;
-    let source = |direction| Source {
-        policy: index,
-        tap: 0,
-        direction,
-        agent: std::net::IpAddr::from([0, 0, 0, 0]),
-    };
-    let bytes = std::fs::read(capture).with_context(|| format!("reading {}", capture.display()))?;
     let started_cpu = cpu_seconds();
     let started = Instant::now();
-    let tick = 100_000_000u64;
-    let mut next_tick = 0u64;
-    let mut packets = 0u64;
-    let mut last_ts = 0u64;
-    let mut handle = |broker: &mut Broker, ts: u64, data: &[u8], direction| {
-        if ts >= next_tick {
-            if next_tick != 0 {
-                broker.tick_at(ts);
-            }
-            next_tick = ts + tick;
-        }
-        broker.process(source(direction), ts, data);
-        packets += 1;
-        last_ts = ts;
-    };
-    if bytes.len() >= 4 && bytes[..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
-        let mut r =
-            pcap_file::pcapng::PcapNgReader::new(&bytes[..]).context("reading the pcapng")?;
-        while let Some(block) = r.next_block() {
-            if let pcap_file::pcapng::Block::EnhancedPacket(epb) =
-                block.context("reading the pcapng")?
-            {
-                let dir = epb.options.iter().find_map(|o| match o {
-                    pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption::Flags(f) => {
-                        Some(f & 3)
-                    }
-                    _ => None,
-                });
-                let direction = match dir {
-                    Some(1) => Direction::ToPod,
-                    Some(2) => Direction::FromPod,
-                    _ => Direction::Unknown,
-                };
-                handle(
-                    &mut broker,
-                    epb.timestamp.as_nanos() as u64,
-                    &epb.data,
-                    direction,
-                );
-            }
-        }
-    } else {
-        let mut r = pcap_file::pcap::PcapReader::new(&bytes[..]).context("reading the pcap")?;
-        while let Some(p) = r.next_packet() {
-            let p = p.context("reading the pcap")?;
-            handle(
-                &mut broker,
-                p.timestamp.as_nanos() as u64,
-                &p.data,
-                Direction::Unknown,
-            );
-        }
-    }
-    broker.tick_at(last_ts + tick);
+    let packets = podtap_broker::replay::replay(&mut broker, index, capture)?;
     let stats = broker.finish();
     let cpu = cpu_seconds() - started_cpu;
     print!("{}", stats.render());
