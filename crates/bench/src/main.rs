@@ -3,16 +3,31 @@
 //!
 //! - `tap` ([`tap_cost`]): what tapping a pod costs its traffic, against `tcpdump -w`.
 //! - `zero-drop` ([`zero_drop`]): the highest packet rate copied without a dropped copy.
+//! - `broker` ([`broker_offline`]): broker pipelines on a synthetic capture against softflowd
+//!   and pmacctd (NetFlow v9 / IPFIX), editcap (dedupe) and tcpdump / editcap (filter, slice
+//!   and write), with the results checked against each other.
+//! - `broker-tunnel` ([`broker_tunnel`]): the highest VXLAN rate through a full broker
+//!   pipeline on one core with zero loss.
+//! - `capture` ([`capture`]): writes the synthetic capture ([`synth`]) the broker benchmarks use.
 //!
-//! Both run on a lab ([`bench_lab`]) that is removed at the end, also on error.
+//! The tap and tunnel benchmarks run on a lab of network namespaces that is removed at the
+//! end, also on error; `broker` runs offline on files.
 
 mod bench_lab;
+mod broker_offline;
+mod broker_tunnel;
+mod capture;
+mod capture_digest;
 mod child;
 mod cpu;
+mod flow_collector;
 mod iperf;
+mod measure;
+mod synth;
 mod tap;
 mod tap_cost;
 mod veth_meter;
+mod vxlan_flood;
 mod zero_drop;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +46,13 @@ enum Command {
     Tap(tap_cost::TapArgs),
     /// Highest paced packet rate with zero dropped copies, for 64- and 1400-byte frames.
     ZeroDrop(zero_drop::ZeroDropArgs),
+    /// Broker pipelines against softflowd/pmacctd (NetFlow), editcap (dedupe), tcpdump/editcap
+    /// (filter + slice + write), on the same synthetic capture.
+    Broker(broker_offline::BrokerArgs),
+    /// Highest VXLAN packet rate through a full broker pipeline on one core with zero loss.
+    BrokerTunnel(broker_tunnel::TunnelArgs),
+    /// Write the broker benchmarks' synthetic capture (deterministic pcap) and print its ground truth.
+    Capture(capture::CaptureArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +60,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Tap(args) => tap_cost::run(args),
         Command::ZeroDrop(args) => zero_drop::run(args),
+        Command::Capture(args) => capture::run(args),
+        Command::Broker(args) => broker_offline::run(args),
+        Command::BrokerTunnel(args) => broker_tunnel::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
