@@ -39,12 +39,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-use etherparse::{LaxNetSlice, LaxSlicedPacket};
 use podtap_wire::netflow::{FlowEncoder, FlowRecord, FlowVersion, POD_LEN, pod_field};
 use serde::{Deserialize, Serialize};
 
 use crate::output::{Labelled, OutputCounters};
 use crate::packet::Direction;
+use crate::pipeline::layers::Layers;
 
 /// Largest `max_flows` accepted (flow slots are indexed by `u32`, and each takes ~200 bytes).
 pub const MAX_FLOWS_LIMIT: usize = 1 << 24;
@@ -170,34 +170,41 @@ impl FlowPacket {
     /// Reads an Ethernet frame seen at `tap` going `direction`; `None` when it is not IPv4 or
     /// IPv6. Cut frames are read as far as they go.
     pub fn of_frame(frame: &[u8], tap: u16, direction: Direction) -> Option<FlowPacket> {
-        let sliced = LaxSlicedPacket::from_ethernet(frame).ok()?;
-        let (src, dst, ip_header, payload, first_fragment) = match sliced.net.as_ref()? {
-            LaxNetSlice::Ipv4(v) => {
-                let h = v.header();
-                (
-                    IpAddr::from(h.source()),
-                    IpAddr::from(h.destination()),
-                    h.slice(),
-                    v.payload(),
-                    h.fragments_offset().value() == 0,
-                )
+        // The allocation-free header walk the stages use (no slicing, no copies).
+        let layers = Layers::parse(frame);
+        let ip_offset = layers.network?;
+        let (src, dst) = match layers.ip_version {
+            4 => {
+                let a = |at: usize| -> Option<IpAddr> {
+                    let b: [u8; 4] = frame
+                        .get(ip_offset + at..ip_offset + at + 4)?
+                        .try_into()
+                        .ok()?;
+                    Some(IpAddr::from(b))
+                };
+                (a(12)?, a(16)?)
             }
-            LaxNetSlice::Ipv6(v) => {
-                let h = v.header();
-                (
-                    IpAddr::from(h.source()),
-                    IpAddr::from(h.destination()),
-                    h.slice(),
-                    v.payload(),
-                    !v.is_payload_fragmented(),
-                )
+            6 => {
+                let a = |at: usize| -> Option<IpAddr> {
+                    let b: [u8; 16] = frame
+                        .get(ip_offset + at..ip_offset + at + 16)?
+                        .try_into()
+                        .ok()?;
+                    Some(IpAddr::from(b))
+                };
+                (a(8)?, a(24)?)
             }
-            LaxNetSlice::Arp(_) => return None,
+            _ => return None,
         };
-        // The header is a sub-slice of the frame.
-        let ip_offset = (ip_header.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
-        let protocol = payload.ip_number.0;
-        let bytes = payload.payload;
+        let protocol = layers.protocol?;
+        // Ports are read from the first fragment only, and from no IPv6 fragment (their
+        // transport header may be in another fragment).
+        let first_fragment =
+            !layers.fragment || (layers.ip_version == 4 && layers.transport.is_some());
+        let bytes = match layers.transport {
+            Some(t) if first_fragment => frame.get(t..layers.end.max(t)).unwrap_or(&[]),
+            _ => &[],
+        };
         let (mut src_port, mut dst_port, mut tcp_flags) = (0, 0, 0);
         if first_fragment {
             match protocol {
