@@ -76,7 +76,9 @@ pub type PacketSink = Box<dyn Write + Send>;
 /// Turns ring records into output packets and counts them.
 pub struct Output {
     writer: Option<PcapngWriter<BufWriter<PacketSink>>>,
-    interfaces: HashMap<(u16, u32), Interface>,
+    /// Tapped veths by (node, ifindex): looked up for every record. Local keys, so a fixed-seed
+    /// fast hash.
+    interfaces: HashMap<(u16, u32), Interface, foldhash::fast::FixedState>,
     gso: GsoMode,
     snaplen: u32,
     segmenter: Segmenter,
@@ -102,7 +104,7 @@ impl Output {
         };
         Ok(Output {
             writer,
-            interfaces: HashMap::new(),
+            interfaces: HashMap::default(),
             gso,
             snaplen,
             segmenter: Segmenter::new(),
@@ -129,13 +131,7 @@ impl Output {
         let mut sum = SendCounters::default();
         for t in self.tunnels.iter().flatten() {
             any = true;
-            let c = t.counters();
-            sum.packets += c.packets;
-            sum.bytes += c.bytes;
-            sum.fragmented += c.fragmented;
-            sum.truncated += c.truncated;
-            sum.errors += c.errors;
-            sum.refused += c.refused;
+            sum.add(&t.counters());
         }
         any.then_some(sum)
     }

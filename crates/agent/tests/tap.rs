@@ -473,45 +473,32 @@ fn prefilter_changes_without_reload_and_stop_leaves_nothing() {
     );
     let ids = agent.program_ids();
     assert_eq!(hooks(&netns, &a.host_veth), ["tap_from_pod", "tap_to_pod"]);
-    drive(
-        &lab,
-        "shop/frontend-1",
-        "shop/cart-1",
-        Traffic::UdpEcho {
-            count: 10,
-            size: 100,
-        },
-    );
-    drive(
-        &lab,
-        "shop/frontend-1",
-        "shop/cart-1",
-        Traffic::TcpEcho {
-            messages: 10,
-            size: 100,
-        },
-    );
+    // The same traffic before and after the prefilter changes: 10 UDP then 10 TCP echoes.
+    let udp_then_tcp = || {
+        drive(
+            &lab,
+            "shop/frontend-1",
+            "shop/cart-1",
+            Traffic::UdpEcho {
+                count: 10,
+                size: 100,
+            },
+        );
+        drive(
+            &lab,
+            "shop/frontend-1",
+            "shop/cart-1",
+            Traffic::TcpEcho {
+                messages: 10,
+                size: 100,
+            },
+        );
+    };
+    udp_then_tcp();
     agent
         .set_prefilter(Prefilter::parse("proto tcp and port 7").unwrap())
         .unwrap();
-    drive(
-        &lab,
-        "shop/frontend-1",
-        "shop/cart-1",
-        Traffic::UdpEcho {
-            count: 10,
-            size: 100,
-        },
-    );
-    drive(
-        &lab,
-        "shop/frontend-1",
-        "shop/cart-1",
-        Traffic::TcpEcho {
-            messages: 10,
-            size: 100,
-        },
-    );
+    udp_then_tcp();
     assert_eq!(agent.program_ids(), ids, "programs were reloaded");
     let stats = settle_and_stop(agent);
     assert!(hooks(&netns, &a.host_veth).is_empty(), "still attached");

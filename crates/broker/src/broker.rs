@@ -201,8 +201,10 @@ pub struct Broker {
     /// None when replaying a capture (nothing is received from the network).
     receiver: Option<TunnelReceiver>,
     policies: Vec<Policy>,
-    by_vni: HashMap<u32, usize>,
-    by_gre_key: HashMap<u16, usize>,
+    /// Policy by VNI and by GRE policy key, looked up for every packet. The keys come off the
+    /// network: a fast hash, randomly seeded.
+    by_vni: HashMap<u32, usize, foldhash::fast::RandomState>,
+    by_gre_key: HashMap<u16, usize, foldhash::fast::RandomState>,
     unmatched: BTreeMap<&'static str, u64>,
     pods: HashMap<u16, String>,
     inventory_raw: Vec<u8>,
@@ -245,8 +247,8 @@ impl Broker {
         let mut broker = Broker {
             receiver,
             policies: Vec::new(),
-            by_vni: HashMap::new(),
-            by_gre_key: HashMap::new(),
+            by_vni: HashMap::default(),
+            by_gre_key: HashMap::default(),
             unmatched: BTreeMap::new(),
             pods: HashMap::new(),
             inventory_raw: Vec::new(),

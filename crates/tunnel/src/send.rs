@@ -70,6 +70,18 @@ pub struct SendCounters {
     pub refused: u64,
 }
 
+impl SendCounters {
+    /// Field-wise sum (the senders of several nodes).
+    pub fn add(&mut self, o: &SendCounters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.fragmented += o.fragmented;
+        self.truncated += o.truncated;
+        self.errors += o.errors;
+        self.refused += o.refused;
+    }
+}
+
 enum Socket {
     Udp(UdpSocket),
     Raw(OwnedFd),
