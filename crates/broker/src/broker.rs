@@ -19,7 +19,7 @@ use crate::output::flow::FlowExporter;
 use crate::output::pcap::PcapOutput;
 use crate::output::tunnel::TunnelOutput;
 use crate::output::{Labelled, OutputConfig, OutputCounters};
-use crate::packet::{Direction, Packet, Source};
+use crate::packet::{Direction, Frame, Packet, Source};
 use crate::pipeline::{Pipeline, StageCounters};
 
 /// How long the loop waits for a packet before running timers.
@@ -209,7 +209,8 @@ pub struct Broker {
     pods: HashMap<u16, String>,
     inventory_raw: Vec<u8>,
     buf: Vec<u8>,
-    packet: Packet,
+    /// Where a stage that changes a frame copies it; reused for every packet.
+    scratch: Vec<u8>,
     /// The counters as of the last tick, for the metrics endpoint.
     shared: crate::metrics::SharedStats,
 }
@@ -253,7 +254,7 @@ impl Broker {
             pods: HashMap::new(),
             inventory_raw: Vec::new(),
             buf: Vec::with_capacity(podtap_tunnel::MAX_DATAGRAM),
-            packet: Packet::new(),
+            scratch: Vec::with_capacity(podtap_tunnel::MAX_DATAGRAM),
             shared: Default::default(),
             config: config.clone(),
         };
@@ -414,32 +415,32 @@ impl Broker {
 
     /// Runs one frame through the policy `source.policy`: its stages, then its outputs.
     pub fn process(&mut self, source: Source, timestamp_ns: u64, frame: &[u8]) {
-        let pkt = &mut self.packet;
-        pkt.data.clear();
-        pkt.data.extend_from_slice(frame);
-        pkt.original_len = frame.len() as u32;
-        pkt.timestamp_ns = timestamp_ns;
-        pkt.source = source;
         let Some(policy) = self.policies.get_mut(source.policy) else {
             return;
         };
-        policy.received += 1;
-        if !policy.pipeline.run(pkt) {
-            return;
-        }
-        policy.kept += 1;
-        let labelled = Labelled {
-            packet: pkt,
-            pod: self.pods.get(&pkt.source.tap).map(String::as_str),
+        let mut pkt = Packet {
+            timestamp_ns,
+            data: Frame::borrowed(frame, std::mem::take(&mut self.scratch)),
+            original_len: frame.len() as u32,
+            source,
         };
-        for (i, out) in policy.outputs.iter_mut().enumerate() {
-            if let Err(e) = out.write(labelled) {
-                if policy.output_failures[i] == 0 {
-                    tracing::warn!(policy = %policy.config.name, output = i, "writing: {e} (counting further failures)");
+        policy.received += 1;
+        if policy.pipeline.run(&mut pkt) {
+            policy.kept += 1;
+            let labelled = Labelled {
+                packet: &pkt,
+                pod: self.pods.get(&source.tap).map(String::as_str),
+            };
+            for (i, out) in policy.outputs.iter_mut().enumerate() {
+                if let Err(e) = out.write(labelled) {
+                    if policy.output_failures[i] == 0 {
+                        tracing::warn!(policy = %policy.config.name, output = i, "writing: {e} (counting further failures)");
+                    }
+                    policy.output_failures[i] += 1;
                 }
-                policy.output_failures[i] += 1;
             }
         }
+        self.scratch = pkt.data.into_buffer();
     }
 
     /// Runs the outputs' timers at time `now_ns` (rotation, flow expiry); the receive loop

@@ -17,4 +17,4 @@ pub mod replay;
 
 pub use broker::{Broker, BrokerError, BrokerStats};
 pub use config::{BrokerConfig, ConfigError, PolicyConfig};
-pub use packet::{Direction, Packet, Source};
+pub use packet::{Direction, Frame, Packet, Source};

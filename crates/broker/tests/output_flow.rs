@@ -113,11 +113,11 @@ fn arp_frame() -> Vec<u8> {
     frame
 }
 
-fn packet(ts: u64, tap: u16, direction: Direction, data: Vec<u8>) -> Packet {
+fn packet(ts: u64, tap: u16, direction: Direction, data: Vec<u8>) -> Packet<'static> {
     Packet {
         timestamp_ns: ts,
         original_len: data.len() as u32,
-        data,
+        data: data.into(),
         source: Source {
             policy: 0,
             tap,
@@ -653,7 +653,7 @@ impl Drop for Nfcapd {
 /// One thing the collector test does.
 enum Step {
     /// Hand the output a packet (with its pod name, if known).
-    Packet(Packet, Option<&'static str>),
+    Packet(Packet<'static>, Option<&'static str>),
     /// Call `tick` this long after the start.
     Tick(u64),
 }

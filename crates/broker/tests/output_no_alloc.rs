@@ -20,11 +20,11 @@ const T0: u64 = 1_700_000_000_000_000_000;
 
 /// UDP/IPv4 frames from `port` to 53, in a packet reused for every write.
 fn set_frame(p: &mut Packet, port: u16, tap: u16) {
-    p.data.clear();
+    p.data.to_mut().clear();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
         .udp(port, 53)
-        .write(&mut p.data, &[0x55; 200])
+        .write(p.data.to_mut(), &[0x55; 200])
         .unwrap();
     p.original_len = p.data.len() as u32;
     p.source = Source {
@@ -129,5 +129,5 @@ fn flow_write_allocates_nothing() {
 
 /// Changes the UDP source port of the frame `set_frame` built.
 fn set_frame_port(p: &mut Packet, port: u16) {
-    p.data[34..36].copy_from_slice(&port.to_be_bytes());
+    p.data.to_mut()[34..36].copy_from_slice(&port.to_be_bytes());
 }

@@ -43,10 +43,16 @@ fn udp_frame(len: usize, fill: u8) -> Vec<u8> {
     frame
 }
 
-fn packet(ts: u64, tap: u16, direction: Direction, data: Vec<u8>, original_len: u32) -> Packet {
+fn packet(
+    ts: u64,
+    tap: u16,
+    direction: Direction,
+    data: Vec<u8>,
+    original_len: u32,
+) -> Packet<'static> {
     Packet {
         timestamp_ns: ts,
-        data,
+        data: data.into(),
         original_len,
         source: Source {
             policy: 0,

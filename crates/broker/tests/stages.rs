@@ -13,7 +13,7 @@ use podtap_broker::pipeline::filter::Filter;
 use podtap_broker::pipeline::layers::Layers;
 use podtap_broker::pipeline::sample::flow_hash;
 use podtap_broker::pipeline::{Pipeline, Stage, StageConfig, Verdict};
-use podtap_broker::{Direction, Packet, Source};
+use podtap_broker::{Direction, Frame, Packet, Source};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -35,11 +35,11 @@ fn stage(yaml: &str) -> Stage {
     cfg.build().unwrap()
 }
 
-fn packet(data: Vec<u8>, timestamp_ns: u64) -> Packet {
+fn packet(data: Vec<u8>, timestamp_ns: u64) -> Packet<'static> {
     Packet {
         timestamp_ns,
         original_len: data.len() as u32,
-        data,
+        data: data.into(),
         source: Source {
             policy: 0,
             tap: 1,
@@ -115,12 +115,15 @@ fn kept(verdicts: &[Verdict]) -> Vec<usize> {
         .collect()
 }
 
-/// Runs one packet through a stage and returns its bytes.
+/// Runs one packet through a stage and returns its bytes. The stage gets the frame borrowed,
+/// as the broker hands it over (copied only when the stage writes).
 fn output(stage: &mut Stage, frame: &[u8]) -> Vec<u8> {
-    let mut p = packet(frame.to_vec(), 0);
+    let mut p = packet(Vec::new(), 0);
+    p.data = Frame::borrowed(frame, Vec::new());
+    p.original_len = frame.len() as u32;
     assert_eq!(stage.process(&mut p), Verdict::Keep);
     assert_eq!(p.original_len as usize, frame.len(), "original_len changed");
-    p.data
+    p.data.to_vec()
 }
 
 /// Offset of `inner` within `outer` (both from the same frame).

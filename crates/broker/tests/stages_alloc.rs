@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use etherparse::PacketBuilder;
 use podtap_broker::pipeline::{StageConfig, Verdict};
-use podtap_broker::{Direction, Packet, Source};
+use podtap_broker::{Direction, Frame, Packet, Source};
 
 struct CountingAllocator;
 
@@ -71,17 +71,9 @@ fn stages_do_not_allocate_per_packet() {
         "type: sample\none_in: 3\nby: flow\nmax_pps: 1000",
     ];
     let frames = frames();
-    let mut pkt = Packet {
-        timestamp_ns: 0,
-        data: Vec::with_capacity(2048),
-        original_len: 0,
-        source: Source {
-            policy: 0,
-            tap: 0,
-            direction: Direction::Unknown,
-            agent: IpAddr::from([0, 0, 0, 0]),
-        },
-    };
+    // As the broker does: each frame borrowed, a stage that writes copies it into one buffer
+    // reused for every packet.
+    let mut scratch = Vec::with_capacity(2048);
     for y in yaml {
         let cfg: StageConfig = serde_yaml_ng::from_str(y).unwrap();
         let mut stage = cfg.build().unwrap();
@@ -89,11 +81,19 @@ fn stages_do_not_allocate_per_packet() {
             let mut kept = 0;
             for r in 0..rounds {
                 for (i, f) in frames.iter().enumerate() {
-                    pkt.data.clear();
-                    pkt.data.extend_from_slice(f);
-                    pkt.original_len = f.len() as u32;
-                    pkt.timestamp_ns = (r * frames.len() as u64 + i as u64) * 10_000;
+                    let mut pkt = Packet {
+                        timestamp_ns: (r * frames.len() as u64 + i as u64) * 10_000,
+                        data: Frame::borrowed(f, std::mem::take(&mut scratch)),
+                        original_len: f.len() as u32,
+                        source: Source {
+                            policy: 0,
+                            tap: 0,
+                            direction: Direction::Unknown,
+                            agent: IpAddr::from([0, 0, 0, 0]),
+                        },
+                    };
                     kept += u64::from(stage.process(&mut pkt) == Verdict::Keep);
+                    scratch = pkt.data.into_buffer();
                 }
             }
             kept

@@ -13,7 +13,7 @@ use podtap_broker::pipeline::mask::{MaskConfig, MaskFrom, MaskRange};
 use podtap_broker::pipeline::sample::{SampleBy, SampleConfig};
 use podtap_broker::pipeline::slice::{Layers, SliceAfter, SliceConfig};
 use podtap_broker::pipeline::{Stage, StageConfig};
-use podtap_broker::{Direction, Packet, Source};
+use podtap_broker::{Direction, Frame, Packet, Source};
 
 fn build_stages() -> Vec<Stage> {
     let mut configs = vec![
@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     for (i, stage) in stages.iter_mut().enumerate() {
         let mut pkt = Packet {
             timestamp_ns: data.len() as u64 * 100_000,
-            data: data.to_vec(),
+            data: Frame::borrowed(data, Vec::new()),
             original_len: data.len() as u32,
             source: Source {
                 policy: 0,

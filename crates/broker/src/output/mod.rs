@@ -68,7 +68,7 @@ pub struct OutputCounters {
 #[derive(Debug, Clone, Copy)]
 pub struct Labelled<'a> {
     /// The packet.
-    pub packet: &'a Packet,
+    pub packet: &'a Packet<'a>,
     /// `namespace/pod` of its tap point, if known.
     pub pod: Option<&'a str>,
 }

@@ -231,11 +231,13 @@ impl Mask {
             if let Some(base) = base {
                 let start = base.saturating_add(r.offset).min(len);
                 let end = start.saturating_add(r.length).min(len);
-                pkt.data[start..end].fill(self.fill);
+                if start < end {
+                    pkt.data.to_mut()[start..end].fill(self.fill);
+                }
             }
         }
         for &(start, end) in &self.matches {
-            if let Some(bytes) = pkt.data.get_mut(start..end) {
+            if let Some(bytes) = pkt.data.to_mut().get_mut(start..end) {
                 bytes.fill(self.fill);
             }
         }
