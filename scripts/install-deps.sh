@@ -10,6 +10,8 @@ PACKAGES=(
   iproute2 ethtool procps
   # real peers the tests and benchmarks compare against
   tcpdump tshark iperf3 hping3 nfdump softflowd pmacct tcpreplay
+  # TLS and L7 applications the tests run inside pods (testkit's apps): servers and load tools
+  nginx nghttp2-server nghttp2-client wrk openssl curl python3 python3-grpcio
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -24,6 +26,25 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages like nginx start a system service on install; the tests run their own servers
+  # inside namespaces and want none on the host. A policy-rc.d answering 101 ("action
+  # forbidden") makes invoke-rc.d and deb-systemd-invoke skip the start. Keep one that exists.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# written by podtap install-deps.sh for the duration of the install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The policy covers invoke-rc.d; also make sure a freshly installed nginx is neither running
+  # nor enabled at boot (the tests run their own nginx inside namespaces, never on port 80).
+  if [[ " ${missing[*]} " == *" nginx "* ]]; then
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl disable --now nginx >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/nginx ]; then
+      /etc/init.d/nginx stop >/dev/null 2>&1 || true
+      update-rc.d nginx disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi

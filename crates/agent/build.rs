@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The programs to build: source file under `ebpf/` → object name in `$OUT_DIR`.
-const PROGRAMS: &[(&str, &str)] = &[("tap.c", "tap.o")];
+const PROGRAMS: &[(&str, &str)] = &[("tap.c", "tap.o"), ("tls.c", "tls.o")];
 
 fn main() {
     let ebpf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ebpf");
@@ -33,7 +33,15 @@ fn main() {
 
     for (src, obj) in PROGRAMS {
         let output = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-Wall",
+                "-Werror",
+                "-D__TARGET_ARCH_x86",
+            ])
             .arg("-I/usr/include/x86_64-linux-gnu")
             .arg(format!("-I{}", ebpf.join("include").display()))
             .arg("-c")

@@ -4,6 +4,8 @@
 
 #![no_std]
 
+pub mod tls;
+
 /// Program attached to a host veth's TC ingress: packets the pod sends.
 pub const PROG_TAP_FROM_POD: &str = "tap_from_pod";
 /// Program attached to a host veth's TC egress: packets the pod receives.
@@ -192,4 +194,6 @@ mod pod {
     unsafe impl aya::Pod for TapCounters {}
     unsafe impl aya::Pod for TapCidrKey {}
     unsafe impl aya::Pod for TapExcludeKey {}
+    unsafe impl aya::Pod for tls::TlsCounters {}
+    unsafe impl aya::Pod for tls::TlsEvent {}
 }

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub inventory_poll: Duration,
     /// Send copies to a broker through this tunnel (besides any file).
     pub tunnel: Option<TunnelConfig>,
+    /// Capture the selected pods' TLS plaintext too (uprobes on OpenSSL).
+    pub decrypt: bool,
 }
 
 impl AgentConfig {
@@ -63,6 +65,7 @@ impl AgentConfig {
             attach: AttachMode::Auto,
             inventory_poll: Duration::from_millis(500),
             tunnel: None,
+            decrypt: false,
         }
     }
 
@@ -121,6 +124,12 @@ pub enum AgentError {
     #[error(transparent)]
     Program(Box<ProgramError>),
     /// The tunnel to the broker could not be set up.
+    /// The decrypted view (TLS uprobes) could not start.
+    #[error("decrypted view (--decrypt): {reason}")]
+    Decrypt {
+        /// Why.
+        reason: String,
+    },
     #[error("tunnel to {endpoint} on node {node}: {reason}")]
     Tunnel {
         endpoint: String,
@@ -190,6 +199,8 @@ pub struct Agent {
     failures: Vec<TapFailure>,
     stats: SharedStats,
     started: Instant,
+    /// The decrypted view, when asked for.
+    tls: Option<crate::tls::TlsView>,
 }
 
 impl Agent {
@@ -342,7 +353,15 @@ impl Agent {
             failures: Vec::new(),
             stats: SharedStats::default(),
             started: Instant::now(),
+            tls: None,
         };
+        if agent.cfg.decrypt {
+            let view = crate::tls::TlsView::start(agent.cfg.ring_bytes, agent.output.clone())
+                .map_err(|e| AgentError::Decrypt {
+                    reason: e.to_string(),
+                })?;
+            agent.tls = Some(view);
+        }
         agent.apply()?;
         let explicit: Vec<String> = agent
             .failures
@@ -469,7 +488,50 @@ impl Agent {
             }
         }
         self.failures = failures;
+        self.follow_tls(&selected);
         Ok(())
+    }
+
+    /// Probes the TLS libraries of the selected pods' processes (new processes appear, old ones
+    /// end: called on every poll, not only when the inventory changes).
+    fn follow_tls(&mut self, selected: &[podtap_cluster::Pod]) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        let pods: Vec<crate::tls::TlsPod> = selected
+            .iter()
+            .filter_map(|p| {
+                let node = self.nodes.iter().find(|n| n.name == p.node)?.index;
+                Some(crate::tls::TlsPod {
+                    pod: p.key(),
+                    netns: p.netns.clone()?,
+                    tap_id: p.tap_id.unwrap_or(0),
+                    node,
+                })
+            })
+            .collect();
+        let output = &self.output;
+        tls.follow(&pods, &mut |p| {
+            if let Err(e) = lock(output).add_decrypted_interface(p.node, &p.pod, p.tap_id) {
+                tracing::warn!(pod = %p.pod, "decrypted view: {e}");
+            }
+        });
+    }
+
+    /// The selected pods, as [`Self::apply`] computes them (pods named explicitly that left the
+    /// inventory are skipped).
+    fn selected_pods(&self) -> Vec<podtap_cluster::Pod> {
+        if let Ok(s) = self.cfg.selection.select(&self.inventory, None) {
+            return s.into_iter().cloned().collect();
+        }
+        let mut sel = self.cfg.selection.clone();
+        sel.pods.retain(|p| self.inventory.pod(p).is_some());
+        if sel.pods.is_empty() {
+            return Vec::new();
+        }
+        sel.select(&self.inventory, None)
+            .map(|s| s.into_iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Replaces the in-kernel prefilter on every node, without reloading anything.
@@ -578,6 +640,11 @@ impl Agent {
                 Vec::new()
             },
             tunnel,
+            decrypted: self.tls.as_ref().map(|t| {
+                let mut s = t.stats();
+                s.frames = lock(&self.output).decrypted_counters();
+                s
+            }),
         }
     }
 
@@ -590,7 +657,10 @@ impl Agent {
             std::thread::sleep(tick);
             if last_poll.elapsed() >= self.cfg.inventory_poll {
                 last_poll = Instant::now();
-                self.reconcile()?;
+                if !self.reconcile()? && self.tls.is_some() {
+                    let selected = self.selected_pods();
+                    self.follow_tls(&selected);
+                }
                 self.refresh_stats();
             }
             if let Some(e) = self.output_error() {
@@ -609,6 +679,9 @@ impl Agent {
     /// Detaches everything, drains the rings, closes the output and returns the final stats.
     pub fn stop(mut self) -> Result<Stats, AgentError> {
         let mut first_err = None;
+        if let Some(tls) = self.tls.as_mut() {
+            tls.stop();
+        }
         for node in &mut self.nodes {
             match node.program.detach_all() {
                 Ok(finals) => {

@@ -2,7 +2,8 @@
 //!
 //! A packet's way through it: the eBPF program `ebpf/tap.c` copies it on the pod's host veth
 //! into a ring buffer ([`program`] loads and attaches it), a [`reader`] thread per node drains
-//! the ring, and [`output`] writes it as pcapng. [`agent`] decides which veths are tapped from
+//! the ring, and [`output`] writes it as pcapng. [`tls`] is the decrypted view: uprobes on
+//! OpenSSL in the selected pods' processes, plaintext written as synthesized TCP segments. [`agent`] decides which veths are tapped from
 //! the inventory and the selection, and [`stats`] / [`metrics`] report what was counted.
 
 pub mod agent;
@@ -12,6 +13,7 @@ pub mod prefilter;
 pub mod program;
 pub mod reader;
 pub mod stats;
+pub mod tls;
 pub mod tunnel;
 
 pub use agent::{Agent, AgentConfig, AgentError};

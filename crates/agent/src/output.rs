@@ -90,6 +90,17 @@ pub struct Output {
     retired: Vec<(PodRef, [OutputCounters; 2])>,
     /// Tunnel to the broker, per node (index = node), when copies are sent there.
     tunnels: Vec<Option<TunnelSender>>,
+    /// The decrypted view of each probed pod, by tap id.
+    decrypted: HashMap<u16, Decrypted, foldhash::fast::FixedState>,
+}
+
+/// A pod's decrypted view: its own pcapng interface, `namespace/pod (decrypted)`.
+struct Decrypted {
+    pcap_id: u32,
+    node: u16,
+    pod: PodRef,
+    /// Frames from the pod, frames to the pod.
+    counters: [OutputCounters; 2],
 }
 
 impl Output {
@@ -113,6 +124,7 @@ impl Output {
             write_error: None,
             retired: Vec::new(),
             tunnels: Vec::new(),
+            decrypted: HashMap::default(),
         })
     }
 
@@ -167,6 +179,86 @@ impl Output {
             self.retired.push((old.pod, old.counters));
         }
         Ok(())
+    }
+
+    /// Registers the decrypted view of a pod (once; later calls keep the first). Its frames go
+    /// to a pcapng interface of their own, `namespace/pod (decrypted)`, and through the
+    /// tunnel with the label's decrypted bit ([`podtap_wire::vxlan::DECRYPTED`]).
+    pub fn add_decrypted_interface(
+        &mut self,
+        node: u16,
+        pod: &PodRef,
+        tap_id: u16,
+    ) -> io::Result<()> {
+        if self.decrypted.contains_key(&tap_id) {
+            return Ok(());
+        }
+        let name = format!("{pod} (decrypted)");
+        let pcap_id = match &mut self.writer {
+            Some(w) => w.add_interface(&InterfaceDescription {
+                name: &name,
+                description: "TLS plaintext from uprobes on OpenSSL, as synthesized TCP \
+                              segments on the connection's 5-tuple (MACs 02:70:74:00:00:0x)",
+                snaplen: 65535,
+                link_type: 1,
+            })?,
+            None => 0,
+        };
+        self.decrypted.insert(
+            tap_id,
+            Decrypted {
+                pcap_id,
+                node,
+                pod: pod.clone(),
+                counters: Default::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes one synthesized decrypted frame of the pod with `tap_id`. False if that pod's
+    /// decrypted view is not registered.
+    pub fn write_decrypted(
+        &mut self,
+        tap_id: u16,
+        to_pod: bool,
+        timestamp_ns: u64,
+        frame: &[u8],
+    ) -> bool {
+        let Some(d) = self.decrypted.get_mut(&tap_id) else {
+            return false;
+        };
+        let c = &mut d.counters[usize::from(to_pod)];
+        c.packets += 1;
+        c.bytes += frame.len() as u64;
+        if let Some(t) = self
+            .tunnels
+            .get_mut(usize::from(d.node))
+            .and_then(Option::as_mut)
+        {
+            t.send(tap_id | podtap_wire::vxlan::DECRYPTED, to_pod, frame);
+        }
+        let ts = (i128::from(timestamp_ns) + self.clock_offset_ns).max(0) as u64;
+        let direction = if to_pod {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        if let Some(w) = self.writer.as_mut()
+            && self.write_error.is_none()
+            && let Err(e) = w.write_packet(d.pcap_id, ts, frame.len() as u32, frame, direction)
+        {
+            self.write_error = Some(e);
+        }
+        true
+    }
+
+    /// Frames of each pod's decrypted view (from pod, to pod).
+    pub fn decrypted_counters(&self) -> Vec<(PodRef, [OutputCounters; 2])> {
+        self.decrypted
+            .values()
+            .map(|d| (d.pod.clone(), d.counters))
+            .collect()
     }
 
     /// Handles one ring record: header, then packet bytes.

@@ -84,7 +84,7 @@ fn drain(node: u16, ring: &mut RingBuf<MapData>, output: &Mutex<Output>) {
     }
 }
 
-fn wait_readable(fd: i32, timeout: Duration) {
+pub(crate) fn wait_readable(fd: i32, timeout: Duration) {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,

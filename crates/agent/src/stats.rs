@@ -68,6 +68,8 @@ pub struct Stats {
     pub sending: Vec<String>,
     /// What the user-space tunnel senders sent and lost, summed over nodes.
     pub tunnel: Option<podtap_tunnel::SendCounters>,
+    /// The decrypted view (with `--decrypt`).
+    pub decrypted: Option<crate::tls::TlsStats>,
 }
 
 impl Stats {
@@ -153,6 +155,27 @@ impl Stats {
         }
         for f in &self.failures {
             let _ = writeln!(s, "not tapped: {}: {}", f.pod, f.reason);
+        }
+        if let Some(d) = &self.decrypted {
+            for (pod, c) in &d.frames {
+                let _ = writeln!(
+                    s,
+                    "decrypted: {pod}: {} frames from the pod, {} to it",
+                    c[FROM_POD].packets, c[TO_POD].packets
+                );
+            }
+            for (pid, pod, lib) in &d.probed {
+                let _ = writeln!(s, "decrypted: probing pid {pid} of {pod} ({lib})");
+            }
+            for (pid, pod, why) in &d.unprobed {
+                let _ = writeln!(s, "decrypted: not probed: pid {pid} of {pod}: {why}");
+            }
+            let k = &d.kernel;
+            let _ = writeln!(
+                s,
+                "decrypted: {} TLS calls, {} plaintext bytes; lost: {} events (ring full), {} unreadable, {} bytes beyond the per-call limit, {} chunks with no connection",
+                k.calls, k.bytes, k.ring_full, k.read_failed, k.truncated, d.synth.unbound_dropped
+            );
         }
         let ring_full: u64 = self
             .pods

@@ -108,15 +108,16 @@ pub struct Pod {
     /// The pod's own network namespace (`ip netns` name), where the lab knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
-    /// Tap point id (1-32767), unique in the cluster while the pod lives: what tunnels carry to
+    /// Tap point id (1-16383), unique in the cluster while the pod lives: what tunnels carry to
     /// say which pod a copy comes from. Assigned by whoever owns the inventory (the lab, or the
     /// controller); pods without one are labelled unknown (0) in tunnels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap_id: Option<u16>,
 }
 
-/// The largest tap point id (15 bits: the 16th carries the direction in tunnels).
-pub const MAX_TAP_ID: u16 = 0x7fff;
+/// The largest tap point id (14 bits: in tunnel labels the 15th marks the pod's decrypted
+/// view and the 16th the direction).
+pub const MAX_TAP_ID: u16 = 0x3fff;
 
 impl Pod {
     /// The pod's `namespace/name`.

@@ -73,6 +73,11 @@ pub struct AgentArgs {
     /// lost) or `truncate` (cut to fit, counted).
     #[arg(long, default_value = "fragment")]
     pub oversize: podtap_tunnel::Oversize,
+    /// Also capture the selected pods' TLS plaintext (uprobes on OpenSSL's SSL_read/SSL_write
+    /// in their processes), written as synthesized TCP on the real connection to an interface
+    /// `namespace/pod (decrypted)` and sent to the broker with the label's decrypted bit.
+    #[arg(long)]
+    pub decrypt: bool,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -137,6 +142,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let mut cfg = AgentConfig::new(inventory);
     cfg.nodes = args.nodes.clone();
+    cfg.decrypt = args.decrypt;
     cfg.selection = selection(
         &args.namespaces,
         &args.namespace_selector,

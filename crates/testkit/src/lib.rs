@@ -15,6 +15,8 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use podtap_cluster::{Cni, Pod, PodRef};
 use podtap_lab::{Lab, LabGuard, LabSpec};
 
+pub mod apps;
+
 /// A lab for one test: named `ta{tag}{pid}`, state in a temp dir, removed on drop.
 pub struct TestLab {
     pub lab: LabGuard,

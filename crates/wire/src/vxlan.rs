@@ -40,6 +40,11 @@ pub const TO_POD: u16 = 0x8000;
 /// Largest tap point id a tap label can carry (15 bits).
 pub const MAX_TAP: u16 = 0x7FFF;
 
+/// In a tap label's 15-bit tap id, the bit that marks the pod's decrypted view (TLS plaintext
+/// as synthesized TCP) rather than its veth. Tap ids that inventories assign stay below it
+/// (`podtap_cluster::inventory::MAX_TAP_ID`), so `tap | DECRYPTED` is the same pod's other view.
+pub const DECRYPTED: u16 = 0x4000;
+
 /// Offsets of the header fields.
 mod field {
     use std::ops::{Range, RangeFrom};
