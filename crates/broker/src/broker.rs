@@ -55,6 +55,7 @@ enum Output {
     Pcap(PcapOutput),
     Tunnel(TunnelOutput),
     Flow(FlowExporter),
+    Calls(Box<crate::output::calls::CallsOutput>),
 }
 
 impl Output {
@@ -75,6 +76,9 @@ impl Output {
             OutputConfig::Ipfix(c) => Output::Flow(
                 FlowExporter::new(c, FlowVersion::Ipfix, policy).map_err(|e| e.to_string())?,
             ),
+            OutputConfig::Calls(c) => Output::Calls(Box::new(
+                crate::output::calls::CallsOutput::new(c).map_err(|e| e.to_string())?,
+            )),
         })
     }
 
@@ -87,6 +91,7 @@ impl Output {
                 Ok(())
             }
             Output::Flow(o) => o.write(pkt).map_err(|e| e.to_string()),
+            Output::Calls(o) => o.write(pkt).map_err(|e| e.to_string()),
         }
     }
 
@@ -95,6 +100,7 @@ impl Output {
             Output::Pcap(o) => o.tick(now_ns).map_err(|e| e.to_string()),
             Output::Tunnel(_) => Ok(()),
             Output::Flow(o) => o.tick(now_ns).map_err(|e| e.to_string()),
+            Output::Calls(o) => o.tick(now_ns).map_err(|e| e.to_string()),
         }
     }
 
@@ -103,6 +109,7 @@ impl Output {
             Output::Pcap(o) => o.finish().map_err(|e| e.to_string()),
             Output::Tunnel(_) => Ok(()),
             Output::Flow(o) => o.finish().map_err(|e| e.to_string()),
+            Output::Calls(o) => o.finish().map_err(|e| e.to_string()),
         }
     }
 
@@ -111,6 +118,7 @@ impl Output {
             Output::Pcap(o) => o.counters(),
             Output::Tunnel(o) => o.counters(),
             Output::Flow(o) => o.counters(),
+            Output::Calls(o) => o.counters(),
         }
     }
 }
@@ -335,11 +343,23 @@ impl Broker {
         }
         match serde_json::from_slice::<Inventory>(&raw) {
             Ok(inv) => {
+                // Each pod's veth and its decrypted view (the label's decrypted bit).
                 self.pods = inv
                     .pods
                     .iter()
                     .filter_map(|p| p.tap_id.map(|t| (t, format!("{}/{}", p.namespace, p.name))))
+                    .flat_map(|(t, name)| {
+                        let decrypted = format!("{name} (decrypted)");
+                        [(t, name), (t | podtap_wire::vxlan::DECRYPTED, decrypted)]
+                    })
                     .collect();
+                for policy in &mut self.policies {
+                    for o in &mut policy.outputs {
+                        if let Output::Calls(c) = o {
+                            c.set_inventory(&inv);
+                        }
+                    }
+                }
             }
             Err(e) => tracing::warn!(
                 "inventory {} is not valid ({e}); keeping the last pod names",

@@ -57,12 +57,14 @@ pub fn replay(broker: &mut Broker, policy: usize, path: &Path) -> Result<u64, Re
         packets,
         source,
     };
-    let source = |direction| Source {
+    let source = |direction, tap| Source {
         policy,
-        tap: 0,
+        tap,
         direction,
         agent: std::net::IpAddr::from([0, 0, 0, 0]),
     };
+    // pcapng interfaces named `... (decrypted)` (the agent's decrypted view) keep that mark.
+    let mut decrypted_ifaces: Vec<bool> = Vec::new();
 
     if map.len() >= 4 && map[..4] == [0x0a, 0x0d, 0x0d, 0x0a] {
         let (mut rest, mut parser) = PcapNgParser::new(&map).map_err(|e| format_err(0, e))?;
@@ -72,7 +74,21 @@ pub fn replay(broker: &mut Broker, policy: usize, path: &Path) -> Result<u64, Re
                 .map_err(|e| format_err(packets, e))?;
             rest = next;
             prefetch(rest);
+            if let Block::InterfaceDescription(idb) = &block {
+                decrypted_ifaces.push(idb.options.iter().any(|o| {
+                    matches!(o, pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption::IfName(n) if n.ends_with("(decrypted)"))
+                }));
+            }
             if let Block::EnhancedPacket(epb) = block {
+                let tap = if decrypted_ifaces
+                    .get(epb.interface_id as usize)
+                    .copied()
+                    .unwrap_or(false)
+                {
+                    podtap_wire::vxlan::DECRYPTED
+                } else {
+                    0
+                };
                 let direction = epb
                     .options
                     .iter()
@@ -87,7 +103,7 @@ pub fn replay(broker: &mut Broker, policy: usize, path: &Path) -> Result<u64, Re
                     });
                 let ts = epb.timestamp.as_nanos() as u64;
                 clock.advance(broker, ts);
-                broker.process(source(direction), ts, &epb.data);
+                broker.process(source(direction, tap), ts, &epb.data);
                 packets += 1;
             }
         }
@@ -101,7 +117,7 @@ pub fn replay(broker: &mut Broker, policy: usize, path: &Path) -> Result<u64, Re
             prefetch(rest);
             let ts = packet.timestamp.as_nanos() as u64;
             clock.advance(broker, ts);
-            broker.process(source(Direction::Unknown), ts, &packet.data);
+            broker.process(source(Direction::Unknown, 0), ts, &packet.data);
             packets += 1;
         }
     }

@@ -2,6 +2,7 @@
 //! `l2gre` tool port, `netflow_v9` / `ipfix` export. Each is a typed configuration paired with a
 //! runtime type; the closed [`OutputConfig`] enum is the list.
 
+pub mod calls;
 pub mod flow;
 pub mod pcap;
 pub mod tunnel;
@@ -24,6 +25,8 @@ pub enum OutputConfig {
     NetflowV9(flow::FlowExportConfig),
     /// IPFIX export to a collector.
     Ipfix(flow::FlowExportConfig),
+    /// L7 call records (HTTP/1.1, HTTP/2, gRPC, DNS), the service map and anomalies.
+    Calls(calls::CallsConfig),
 }
 
 impl OutputConfig {
@@ -35,6 +38,7 @@ impl OutputConfig {
             OutputConfig::L2gre(_) => "l2gre",
             OutputConfig::NetflowV9(_) => "netflow_v9",
             OutputConfig::Ipfix(_) => "ipfix",
+            OutputConfig::Calls(_) => "calls",
         }
     }
 
@@ -45,6 +49,7 @@ impl OutputConfig {
             OutputConfig::Vxlan(c) => c.problems(),
             OutputConfig::L2gre(c) => c.problems(),
             OutputConfig::NetflowV9(c) | OutputConfig::Ipfix(c) => c.problems(),
+            OutputConfig::Calls(c) => c.problems(),
         }
     }
 }

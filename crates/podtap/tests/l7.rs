@@ -1,0 +1,140 @@
+//! L7 end to end in the lab (run as root): real TLS servers in a pod, the agent's decrypted
+//! view of them, and the broker's `calls` output over that capture. The call records' counts,
+//! methods, paths and statuses must equal what the clients themselves report.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use podtap_agent::{Agent, AgentConfig};
+use podtap_broker::{Broker, BrokerConfig};
+use podtap_cluster::{Cni, PodRef};
+use podtap_l7::call::Protocol;
+use podtap_l7::store::{CallStore, StoreConfig};
+use podtap_testkit::apps::{
+    GrpcPlan, GrpcServer, HttpPlan, Nginx, TlsCert, grpc_client, h2load, py_tls_client,
+};
+use podtap_testkit::*;
+
+#[test]
+fn decrypted_calls_equal_what_the_clients_report() {
+    let lab = lab("lse", vec![Cni::Calico, Cni::Flannel], 2);
+    let server = pod(&lab, "shop/cart-1").clone();
+    let client = pod(&lab, "shop/frontend-1").clone();
+    let (server_ns, client_ns) = (server.netns.clone().unwrap(), client.netns.clone().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TlsCert::self_signed(dir.path()).unwrap();
+    let nginx = Nginx::start(&server_ns, &dir.path().join("nginx"), &cert, 8443).unwrap();
+    let grpc = GrpcServer::start(&server_ns, &dir.path().join("grpc"), &cert, 50051).unwrap();
+
+    // The agent decrypts the server pod's processes.
+    let capture = dir.path().join("capture.pcapng");
+    let mut cfg = AgentConfig::new(lab.inventory_path());
+    cfg.inventory_poll = Duration::from_millis(100);
+    cfg.selection.pods = vec![PodRef::parse("shop/cart-1").unwrap()];
+    cfg.decrypt = true;
+    let mut agent = Agent::start(
+        cfg,
+        Some(Box::new(std::fs::File::create(&capture).unwrap())),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        agent
+            .run(
+                &AtomicBool::new(false),
+                Some(Instant::now() + Duration::from_millis(150)),
+            )
+            .unwrap();
+        let probed = agent.refresh_stats().decrypted.unwrap().probed;
+        let pids: Vec<u32> = probed.iter().map(|p| p.0).collect();
+        if pids.contains(&nginx.pid()) && pids.contains(&grpc.pid()) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "not probed: {pids:?}"
+        );
+    }
+
+    let base = format!("https://{}:8443", server.ip);
+    let http1 = py_tls_client(
+        &client_ns,
+        &base,
+        &HttpPlan::new(&[
+            ("GET", "/", 10),
+            ("GET", "/status/500", 4),
+            ("POST", "/", 3),
+        ])
+        .per_connection(5),
+    )
+    .unwrap();
+    assert!(http1.errors.is_empty(), "{:?}", http1.errors);
+    let h2 = h2load(&client_ns, &format!("{base}/status/404"), 20, 2).unwrap();
+    let grpc_report = grpc_client(
+        &client_ns,
+        &format!("{}:50051", server.ip),
+        &cert,
+        &GrpcPlan::new(&[("Say", 5), ("Fail", 3)]),
+    )
+    .unwrap();
+    assert!(grpc_report.errors.is_empty(), "{:?}", grpc_report.errors);
+    agent
+        .run(
+            &AtomicBool::new(false),
+            Some(Instant::now() + Duration::from_millis(300)),
+        )
+        .unwrap();
+    agent.stop().unwrap();
+
+    // The broker decodes the capture with a `calls` output.
+    let store = dir.path().join("calls.db");
+    let yaml = format!(
+        "inventory: {}\npolicies:\n  - name: l7\n    vni: 1\n    outputs:\n      - type: calls\n        store: {}\n",
+        lab.inventory_path().display(),
+        store.display()
+    );
+    let cfg_path = dir.path().join("broker.yaml");
+    std::fs::write(&cfg_path, &yaml).unwrap();
+    let mut broker = Broker::offline(BrokerConfig::parse(&yaml, &cfg_path).unwrap()).unwrap();
+    podtap_broker::replay::replay(&mut broker, 0, &capture).unwrap();
+    broker.finish();
+
+    let calls = CallStore::open(&store, StoreConfig::default())
+        .unwrap()
+        .last(100_000)
+        .unwrap();
+    let mut got: BTreeMap<(Protocol, String, String, u32), u64> = BTreeMap::new();
+    for c in &calls {
+        assert!(
+            c.decrypted,
+            "only the decrypted view carries HTTP here: {c:?}"
+        );
+        assert_eq!(c.server, "shop/cart", "{c:?}");
+        assert_eq!(c.client, "shop/frontend", "{c:?}");
+        let status = match c.protocol {
+            Protocol::Grpc => c.grpc_status.unwrap_or(999),
+            _ => c.status.unwrap_or(999),
+        };
+        *got.entry((c.protocol, c.method.clone(), c.path.clone(), status))
+            .or_default() += 1;
+    }
+    let mut want: BTreeMap<(Protocol, String, String, u32), u64> = BTreeMap::new();
+    for ((m, p, s), n) in &http1.counts {
+        *want
+            .entry((Protocol::Http1, m.clone(), p.clone(), u32::from(*s)))
+            .or_default() += n;
+    }
+    assert_eq!(h2.status_4xx, 20, "{h2:?}");
+    want.insert(
+        (Protocol::Http2, "GET".into(), "/status/404".into(), 404),
+        20,
+    );
+    for ((m, p, s), n) in &grpc_report.counts {
+        let _ = m;
+        *want
+            .entry((Protocol::Grpc, "POST".into(), p.clone(), u32::from(*s)))
+            .or_default() += n;
+    }
+    assert_eq!(got, want);
+}
