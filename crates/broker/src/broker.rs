@@ -201,6 +201,8 @@ pub struct BrokerStats {
     pub unmatched: BTreeMap<&'static str, u64>,
     /// Per policy, in configuration order.
     pub policies: Vec<PolicyStats>,
+    /// The service map of each `calls` output (policy name, snapshot).
+    pub service_maps: Vec<(String, podtap_l7::servicemap::ServiceMapMetrics)>,
 }
 
 /// A running broker.
@@ -587,6 +589,16 @@ impl Broker {
                     stages: p.pipeline.counters().cloned().collect(),
                     outputs: p.outputs.iter().map(Output::counters).collect(),
                     output_failures: p.output_failures.clone(),
+                })
+                .collect(),
+            service_maps: self
+                .policies
+                .iter()
+                .flat_map(|p| {
+                    p.outputs.iter().filter_map(|o| match o {
+                        Output::Calls(c) => Some((p.config.name.clone(), c.service_map_metrics())),
+                        _ => None,
+                    })
                 })
                 .collect(),
         }

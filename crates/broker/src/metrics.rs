@@ -196,6 +196,21 @@ impl Collector for BrokerCollector {
 }
 
 /// Renders the stats in the Prometheus text format.
+/// The service maps of `calls` outputs follow the broker's own families (one text, one
+/// `# EOF`); with several `calls` outputs only the first one's map is exported, since their
+/// families would collide.
 pub fn render(stats: &SharedStats) -> String {
-    podtap_metrics::render(BrokerCollector(stats.clone()))
+    let mut text = podtap_metrics::render(BrokerCollector(stats.clone()));
+    let first_map = stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .service_maps
+        .first()
+        .map(|(_, m)| m.clone());
+    if let Some(map) = first_map
+        && let Some(head) = text.strip_suffix("# EOF\n")
+    {
+        text = format!("{head}{}", podtap_metrics::render(map));
+    }
+    text
 }

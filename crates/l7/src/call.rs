@@ -183,7 +183,7 @@ impl Redaction {
             return false;
         }
         let lower = name.to_ascii_lowercase();
-        self.names.iter().any(|n| *n == lower) || self.substrings.iter().any(|s| lower.contains(s))
+        self.names.contains(&lower) || self.substrings.iter().any(|s| lower.contains(s))
     }
 
     /// `value`, or [`REDACTED`] when `name` is sensitive.

@@ -98,7 +98,9 @@ fn decrypted_calls_equal_what_the_clients_report() {
     std::fs::write(&cfg_path, &yaml).unwrap();
     let mut broker = Broker::offline(BrokerConfig::parse(&yaml, &cfg_path).unwrap()).unwrap();
     podtap_broker::replay::replay(&mut broker, 0, &capture).unwrap();
-    broker.finish();
+    let stats = broker.finish();
+    let metrics =
+        podtap_broker::metrics::render(&std::sync::Arc::new(std::sync::Mutex::new(stats)));
 
     let calls = CallStore::open(&store, StoreConfig::default())
         .unwrap()
@@ -137,4 +139,23 @@ fn decrypted_calls_equal_what_the_clients_report() {
             .or_default() += n;
     }
     assert_eq!(got, want);
+
+    // The service map on /metrics: one edge per protocol, errors as each protocol defines them.
+    let line = |proto: &str, family: &str| {
+        let prefix = format!(
+            "{family}{{client=\"shop/frontend\",server=\"shop/cart\",protocol=\"{proto}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(line("http1", "podtap_l7_requests_total"), 17);
+    assert_eq!(line("http1", "podtap_l7_errors_total"), 4);
+    assert_eq!(line("http2", "podtap_l7_requests_total"), 20);
+    assert_eq!(line("http2", "podtap_l7_errors_total"), 0);
+    assert_eq!(line("grpc", "podtap_l7_requests_total"), 8);
+    assert_eq!(line("grpc", "podtap_l7_errors_total"), 3);
 }
