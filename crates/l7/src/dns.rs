@@ -602,13 +602,11 @@ mod tests {
         34, // answer
     ];
 
-    /// A query whose first name is `www` followed by a pointer to `Example.COM` in a
-    /// second question, as a check that names are followed through pointers and lowercased.
+    /// A query with two questions: `Example.COM`, then `www` followed by a compression
+    /// pointer back to the first name (offset 12).
     fn with_pointer(id: u16, qtype: u16) -> Vec<u8> {
         let mut m = id.to_be_bytes().to_vec();
         m.extend_from_slice(&[0x01, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0, 0]);
-        // Question 2's name sits at offset 12 + 5 + 4 = 21... it must come first for a
-        // backwards pointer, so question 1 is `Example.COM` and question 2 `www` + pointer.
         m.extend_from_slice(&[
             7, b'E', b'x', b'a', b'm', b'p', b'l', b'e', 3, b'C', b'O', b'M', 0,
         ]);
@@ -662,7 +660,7 @@ mod tests {
 
     #[test]
     fn follows_pointers_only_in_later_names_and_lowercases() {
-        let m = with_pointer(7, 28).clone();
+        let m = with_pointer(7, 28);
         let msg = parse_message(&m).unwrap();
         let q = msg.question.unwrap();
         assert_eq!(q.name, "example.com");

@@ -348,12 +348,15 @@ impl HpackDecoder {
     }
 }
 
-/// The name and value at `index` (`None` = unknown).
+/// A name and value borrowed from a table (`None` = unknown).
+type FieldRefs<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The name and value at `index`.
 fn lookup(
     entries: &VecDeque<Entry>,
     older_unknown: bool,
     index: u32,
-) -> Result<(Option<&[u8]>, Option<&[u8]>), HpackError> {
+) -> Result<FieldRefs<'_>, HpackError> {
     let i = index as usize;
     if i == 0 {
         return Err(HpackError::BadIndex { index });
@@ -1257,8 +1260,10 @@ mod tests {
         ]
     }
 
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
     /// Encodes blocks of ops; returns the blocks and the fields each should decode to.
-    fn encode(blocks: &[Vec<Op>], huffman: bool) -> (Vec<Vec<u8>>, Vec<Vec<(Vec<u8>, Vec<u8>)>>) {
+    fn encode(blocks: &[Vec<Op>], huffman: bool) -> (Vec<Vec<u8>>, Vec<Fields>) {
         let mut enc = Encoder::new(DEFAULT_TABLE_SIZE);
         enc.huffman = huffman;
         let mut wire = Vec::new();

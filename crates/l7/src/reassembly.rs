@@ -333,12 +333,15 @@ impl<T> Connections<T> {
             let Some(entry) = slot_mut(&mut self.slots, i) else {
                 return;
             };
-            if entry.lingering_since.is_some() {
-                if !new_syn {
+            if let Some(since) = entry.lingering_since {
+                let expired = since.saturating_add(self.config.linger_ns) <= seg.ts_ns;
+                if !new_syn && !expired {
                     self.tally.counters.late_segments += 1;
                     return;
                 }
-                self.tally.counters.port_reuses += 1;
+                if new_syn {
+                    self.tally.counters.port_reuses += 1;
+                }
                 self.remove(i);
                 found = None;
             } else if new_syn && !entry.repeats_syn(seg) {
@@ -385,6 +388,9 @@ impl<T> Connections<T> {
                 break;
             }
             self.finish(i, CloseReason::Idle, now_ns, &mut on);
+            if self.open.tail() == Some(i) {
+                break; // no progress: never expected, but never spin
+            }
         }
         while let Some(i) = self.lingering.tail() {
             let since = slot_mut(&mut self.slots, i)
@@ -394,6 +400,9 @@ impl<T> Connections<T> {
                 break;
             }
             self.remove(i);
+            if self.lingering.tail() == Some(i) {
+                break;
+            }
         }
     }
 
@@ -405,9 +414,15 @@ impl<T> Connections<T> {
     {
         while let Some(i) = self.open.tail() {
             self.finish(i, CloseReason::Flushed, now_ns, &mut on);
+            if self.open.tail() == Some(i) {
+                break;
+            }
         }
         while let Some(i) = self.lingering.tail() {
             self.remove(i);
+            if self.lingering.tail() == Some(i) {
+                break;
+            }
         }
     }
 
@@ -453,12 +468,14 @@ impl<T> Connections<T> {
             return None;
         }
         while self.open.len + self.lingering.len >= self.config.max_connections {
+            let before = self.open.len + self.lingering.len;
             if let Some(i) = self.lingering.tail() {
                 self.tally.counters.evicted_lingering += 1;
                 self.remove(i);
             } else if let Some(i) = self.open.tail() {
                 self.finish(i, CloseReason::Evicted, seg.ts_ns, on);
-            } else {
+            }
+            if self.open.len + self.lingering.len >= before {
                 break;
             }
         }
@@ -1790,6 +1807,29 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_after_the_linger_time_opens_a_new_connection() {
+        let mut h = Harness::big();
+        handshake(&mut h, 0, 1000);
+        h.feed(seg(CLIENT, SERVER, 1, 1001, ACK | FIN, b"", 10));
+        h.feed(seg(SERVER, CLIENT, 1001, 2, ACK | FIN, b"", 11));
+        h.feed(seg(CLIENT, SERVER, 2, 1002, ACK | PSH, b"late", 12));
+        assert_eq!(h.opened.len(), 1);
+        h.feed(seg(
+            CLIENT,
+            SERVER,
+            2,
+            1002,
+            ACK | PSH,
+            b"new",
+            11 + 2_000_000_000,
+        ));
+        assert_eq!(h.opened.len(), 2);
+        assert!(!h.opened[1].saw_syn);
+        assert_eq!(h.bytes(1, Side::Client), b"new".to_vec());
+        assert_eq!(h.table.counters().late_segments, 1);
+    }
+
+    #[test]
     fn fin_after_missing_data_reports_the_missing_bytes_on_ack() {
         let mut h = Harness::big();
         handshake(&mut h, 0, 1000);
@@ -2032,8 +2072,10 @@ mod tests {
             let data = pattern(100_000, seed);
             let mut h = Harness::big();
             h.feed(seg(CLIENT, SERVER, isn, 0, SYN, b"", 0));
+            let mut most_buffered = 0;
             for (n, (off, bytes)) in mangled(&data, seed).iter().enumerate() {
                 h.feed(client_data(isn, *off, bytes, n as u64 + 1));
+                most_buffered = most_buffered.max(h.table.buffered_bytes());
             }
             prop_assert!(h.bytes(0, Side::Client) == data);
             let c = h.table.counters();
@@ -2041,6 +2083,10 @@ mod tests {
             prop_assert_eq!(c.overlap_conflicts, 0);
             prop_assert_eq!(c.delivered_bytes, 100_000);
             prop_assert_eq!(h.table.buffered_bytes(), 0);
+            // The script did reorder, duplicate and overlap.
+            prop_assert!(most_buffered > 0);
+            prop_assert!(c.retransmitted_segments > 0);
+            prop_assert!(c.overlap_bytes > 0);
         }
 
         #[test]

@@ -235,9 +235,11 @@ impl Sessions {
             records: &mut self.records,
             decrypted,
         };
-        table.segment(seg, |_| Some(ConnState::new()), |conn, state, ev| {
-            ctx.event(conn, state, ev)
-        });
+        table.segment(
+            seg,
+            |_| Some(ConnState::new()),
+            |conn, state, ev| ctx.event(conn, state, ev),
+        );
     }
 
     /// Time passes (capture time): gaps and idle connections are declared, unanswered DNS
@@ -386,15 +388,9 @@ impl Ctx<'_> {
         let (client, server) = (joined(Side::Client), joined(Side::Server));
         let decoder: Option<(&'static str, Box<dyn StreamDecoder>)> =
             if looks_like_http2(&client, &server) {
-                Some((
-                    "http2",
-                    Box::new(Http2Decoder::new(self.redaction.clone())),
-                ))
+                Some(("http2", Box::new(Http2Decoder::new(self.redaction.clone()))))
             } else if looks_like_http1(&client) {
-                Some((
-                    "http1",
-                    Box::new(Http1Decoder::new(self.redaction.clone())),
-                ))
+                Some(("http1", Box::new(Http1Decoder::new(self.redaction.clone()))))
             } else if conn.server.port() == 53 {
                 Some(("dns", Box::new(DnsStreamDecoder::new())))
             } else {
@@ -443,9 +439,7 @@ fn tcp_flags(t: &etherparse::TcpSlice<'_>) -> u8 {
 /// IPv4-mapped IPv6 addresses as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
