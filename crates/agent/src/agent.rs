@@ -413,23 +413,7 @@ impl Agent {
     /// Makes the attached set equal to the selected set on every node.
     fn apply(&mut self) -> Result<(), AgentError> {
         let mut failures = Vec::new();
-        let selected: Vec<_> = match self.cfg.selection.select(&self.inventory, None) {
-            Ok(s) => s.into_iter().cloned().collect(),
-            Err(SelectorError::UnknownPods { .. }) => {
-                // An explicitly named pod left the inventory: tap the ones still there.
-                let mut sel = self.cfg.selection.clone();
-                sel.pods.retain(|p| self.inventory.pod(p).is_some());
-                if sel.pods.is_empty() {
-                    Vec::new()
-                } else {
-                    sel.select(&self.inventory, None)?
-                        .into_iter()
-                        .cloned()
-                        .collect()
-                }
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let selected = self.selected_pods()?;
         for node in &mut self.nodes {
             let want: BTreeMap<PodRef, (String, u16)> = selected
                 .iter()
@@ -518,20 +502,25 @@ impl Agent {
         });
     }
 
-    /// The selected pods, as [`Self::apply`] computes them (pods named explicitly that left the
-    /// inventory are skipped).
-    fn selected_pods(&self) -> Vec<podtap_cluster::Pod> {
-        if let Ok(s) = self.cfg.selection.select(&self.inventory, None) {
-            return s.into_iter().cloned().collect();
+    /// The pods the selection picks from the current inventory. An explicitly named pod that
+    /// left the inventory is skipped (the ones still there stay selected).
+    fn selected_pods(&self) -> Result<Vec<podtap_cluster::Pod>, SelectorError> {
+        match self.cfg.selection.select(&self.inventory, None) {
+            Ok(s) => Ok(s.into_iter().cloned().collect()),
+            Err(SelectorError::UnknownPods { .. }) => {
+                let mut sel = self.cfg.selection.clone();
+                sel.pods.retain(|p| self.inventory.pod(p).is_some());
+                if sel.pods.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(sel
+                    .select(&self.inventory, None)?
+                    .into_iter()
+                    .cloned()
+                    .collect())
+            }
+            Err(e) => Err(e),
         }
-        let mut sel = self.cfg.selection.clone();
-        sel.pods.retain(|p| self.inventory.pod(p).is_some());
-        if sel.pods.is_empty() {
-            return Vec::new();
-        }
-        sel.select(&self.inventory, None)
-            .map(|s| s.into_iter().cloned().collect())
-            .unwrap_or_default()
     }
 
     /// Replaces the in-kernel prefilter on every node, without reloading anything.
@@ -658,7 +647,7 @@ impl Agent {
             if last_poll.elapsed() >= self.cfg.inventory_poll {
                 last_poll = Instant::now();
                 if !self.reconcile()? && self.tls.is_some() {
-                    let selected = self.selected_pods();
+                    let selected = self.selected_pods()?;
                     self.follow_tls(&selected);
                 }
                 self.refresh_stats();
@@ -721,10 +710,10 @@ impl Agent {
     }
 }
 
-/// Locks the output; a reader thread that panicked leaves it usable (its counters are still
+/// Locks shared state; a reader thread that panicked leaves it usable (its counters are still
 /// worth reporting).
-fn lock(output: &Mutex<Output>) -> std::sync::MutexGuard<'_, Output> {
-    output.lock().unwrap_or_else(|p| p.into_inner())
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn runtime_config(cfg: &AgentConfig) -> RuntimeConfig {

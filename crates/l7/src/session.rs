@@ -222,12 +222,28 @@ impl Sessions {
     }
 
     fn segment(&mut self, seg: &TcpSegment<'_>, decrypted: bool) {
+        self.with_table(decrypted, |table, ctx| {
+            table.segment(
+                seg,
+                |_| Some(ConnState::new()),
+                |conn, state, ev| ctx.event(conn, state, ev),
+            );
+        });
+    }
+
+    /// Runs `f` on the wire or the decrypted connection table, with the context its events
+    /// need.
+    fn with_table(
+        &mut self,
+        decrypted: bool,
+        f: impl FnOnce(&mut Connections<ConnState>, &mut Ctx<'_>),
+    ) {
         let table = if decrypted {
             &mut self.decrypted
         } else {
             &mut self.wire
         };
-        let ctx = &mut Ctx {
+        let mut ctx = Ctx {
             emit: &mut self.emit,
             redaction: &self.redaction,
             identities: &self.identities,
@@ -235,31 +251,16 @@ impl Sessions {
             records: &mut self.records,
             decrypted,
         };
-        table.segment(
-            seg,
-            |_| Some(ConnState::new()),
-            |conn, state, ev| ctx.event(conn, state, ev),
-        );
+        f(table, &mut ctx);
     }
 
     /// Time passes (capture time): gaps and idle connections are declared, unanswered DNS
     /// queries expire.
     pub fn advance(&mut self, now_ns: u64) {
         for decrypted in [false, true] {
-            let table = if decrypted {
-                &mut self.decrypted
-            } else {
-                &mut self.wire
-            };
-            let ctx = &mut Ctx {
-                emit: &mut self.emit,
-                redaction: &self.redaction,
-                identities: &self.identities,
-                counters: &mut self.counters,
-                records: &mut self.records,
-                decrypted,
-            };
-            table.advance(now_ns, |conn, state, ev| ctx.event(conn, state, ev));
+            self.with_table(decrypted, |table, ctx| {
+                table.advance(now_ns, |conn, state, ev| ctx.event(conn, state, ev));
+            });
         }
         self.dns.expire(now_ns, DNS_TIMEOUT_NS, &mut self.dns_out);
         self.take_dns();
@@ -268,20 +269,9 @@ impl Sessions {
     /// Ends every connection (end of a capture): open calls are emitted.
     pub fn flush(&mut self, now_ns: u64) {
         for decrypted in [false, true] {
-            let table = if decrypted {
-                &mut self.decrypted
-            } else {
-                &mut self.wire
-            };
-            let ctx = &mut Ctx {
-                emit: &mut self.emit,
-                redaction: &self.redaction,
-                identities: &self.identities,
-                counters: &mut self.counters,
-                records: &mut self.records,
-                decrypted,
-            };
-            table.flush(now_ns, |conn, state, ev| ctx.event(conn, state, ev));
+            self.with_table(decrypted, |table, ctx| {
+                table.flush(now_ns, |conn, state, ev| ctx.event(conn, state, ev));
+            });
         }
         self.dns.expire(u64::MAX, 0, &mut self.dns_out);
         self.take_dns();
@@ -300,9 +290,8 @@ impl Sessions {
     /// The decoders' problems and the reassembler's counters, by name.
     pub fn problems(&self) -> BTreeMap<&'static str, u64> {
         let mut p = self.emit.problems.clone();
-        for (name, table) in [("wire", &self.wire), ("decrypted", &self.decrypted)] {
+        for table in [&self.wire, &self.decrypted] {
             let c = table.counters();
-            let _ = name;
             *p.entry("tcp_gaps").or_default() += c.gaps;
             *p.entry("tcp_gap_bytes").or_default() += c.gap_bytes;
             *p.entry("tcp_evicted_connections").or_default() += c.evicted_connections;

@@ -89,10 +89,12 @@ fn decrypted_calls_equal_what_the_clients_report() {
 
     // The broker decodes the capture with a `calls` output.
     let store = dir.path().join("calls.db");
+    let jsonl = dir.path().join("calls.jsonl");
     let yaml = format!(
-        "inventory: {}\npolicies:\n  - name: l7\n    vni: 1\n    outputs:\n      - type: calls\n        store: {}\n",
+        "inventory: {}\npolicies:\n  - name: l7\n    vni: 1\n    outputs:\n      - type: calls\n        store: {}\n        json: {}\n",
         lab.inventory_path().display(),
-        store.display()
+        store.display(),
+        jsonl.display()
     );
     let cfg_path = dir.path().join("broker.yaml");
     std::fs::write(&cfg_path, &yaml).unwrap();
@@ -139,6 +141,21 @@ fn decrypted_calls_equal_what_the_clients_report() {
             .or_default() += n;
     }
     assert_eq!(got, want);
+
+    // The JSON-lines export carries the same records, one object per line.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), calls.len());
+    let grpc_lines = lines.iter().filter(|v| v["protocol"] == "grpc").count() as u64;
+    assert_eq!(grpc_lines, grpc_report.counts.values().sum::<u64>());
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["decrypted"] == true && v["server"]["pod"] == "cart-1")
+    );
 
     // The service map on /metrics: one edge per protocol, errors as each protocol defines them.
     let line = |proto: &str, family: &str| {

@@ -478,24 +478,46 @@ print(f"podtap py tls server on port {port}", flush=True)
 server.serve_forever()
 "#;
 
+/// Starts a Python TLS server script (`NAME.py` with `script`, log `NAME.log`, both under
+/// `dir`) in `netns`, given its port, certificate and key as arguments.
+fn python_tls_server(
+    what: &'static str,
+    name: &str,
+    script: &str,
+    netns: &str,
+    dir: &Path,
+    cert: &TlsCert,
+    port: u16,
+) -> Result<ServerProcess> {
+    let dir = prepare_dir(dir)?;
+    let path = dir.join(format!("{name}.py"));
+    write_file(&path, script)?;
+    let args = vec![
+        path_str(&path)?.to_string(),
+        port.to_string(),
+        path_str(&cert.cert)?.to_string(),
+        path_str(&cert.key)?.to_string(),
+    ];
+    ServerProcess::start(
+        what,
+        netns,
+        PYTHON,
+        &args,
+        dir.join(format!("{name}.log")),
+        port,
+    )
+}
+
 impl PyTlsServer {
     /// Starts the server in `netns` on `port`; its script and log live under `dir`.
     pub fn start(netns: &str, dir: &Path, cert: &TlsCert, port: u16) -> Result<PyTlsServer> {
-        let dir = prepare_dir(dir)?;
-        let script = dir.join("py_tls_server.py");
-        write_file(&script, PY_TLS_SERVER)?;
-        let args = vec![
-            path_str(&script)?.to_string(),
-            port.to_string(),
-            path_str(&cert.cert)?.to_string(),
-            path_str(&cert.key)?.to_string(),
-        ];
-        let process = ServerProcess::start(
+        let process = python_tls_server(
             "python TLS server",
+            "py_tls_server",
+            PY_TLS_SERVER,
             netns,
-            PYTHON,
-            &args,
-            dir.join("py_tls_server.log"),
+            dir,
+            cert,
             port,
         )?;
         Ok(PyTlsServer {
@@ -909,21 +931,13 @@ server.wait_for_termination()
 impl GrpcServer {
     /// Starts the server in `netns` on `port`; script and log under `dir`.
     pub fn start(netns: &str, dir: &Path, cert: &TlsCert, port: u16) -> Result<GrpcServer> {
-        let dir = prepare_dir(dir)?;
-        let script = dir.join("grpc_server.py");
-        write_file(&script, PY_GRPC_SERVER)?;
-        let args = vec![
-            path_str(&script)?.to_string(),
-            port.to_string(),
-            path_str(&cert.cert)?.to_string(),
-            path_str(&cert.key)?.to_string(),
-        ];
-        let process = ServerProcess::start(
+        let process = python_tls_server(
             "gRPC server",
+            "grpc_server",
+            PY_GRPC_SERVER,
             netns,
-            PYTHON,
-            &args,
-            dir.join("grpc_server.log"),
+            dir,
+            cert,
             port,
         )?;
         Ok(GrpcServer { process, port })

@@ -21,6 +21,7 @@ use aya::maps::{MapData, RingBuf};
 use podtap_abi::tls::TlsCounters;
 use podtap_cluster::PodRef;
 
+use crate::agent::lock;
 use crate::output::Output;
 use crate::reader::wait_readable;
 pub use program::{TlsProgram, TlsProgramError};
@@ -131,7 +132,9 @@ impl TlsView {
             // Map the process to its pod before the probes can fire.
             lock(&self.taps).insert(pid, p.tap_id);
             register(p);
-            match self.program.probe(pid, p.tap_id) {
+            // A process that failed before had its executable searched then.
+            let check_exe = !self.unprobed.contains_key(&pid);
+            match self.program.probe(pid, p.tap_id, check_exe) {
                 Ok(lib) => {
                     let lib = lib.display().to_string();
                     tracing::info!(pid, pod = %p.pod, library = %lib, "TLS probes attached");
@@ -189,10 +192,6 @@ impl Drop for TlsView {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The reader thread: ring records → synthesized frames → the output.

@@ -161,11 +161,19 @@ impl TlsProgram {
 
     /// Attaches the uprobes to process `pid`'s OpenSSL (its libssl, or its own binary when it
     /// links OpenSSL statically) and starts following its sockets. Returns the library probed.
-    pub fn probe(&mut self, pid: u32, tap_id: u16) -> Result<PathBuf, TlsProgramError> {
+    /// `check_exe`: also look for OpenSSL in the executable (reads the whole file: done once
+    /// per process, while `/proc/PID/maps` is looked at again on every try, since a process may
+    /// load libssl later, as Python does at `import ssl`).
+    pub fn probe(
+        &mut self,
+        pid: u32,
+        tap_id: u16,
+        check_exe: bool,
+    ) -> Result<PathBuf, TlsProgramError> {
         if let Some(p) = self.probed.get(&pid) {
             return Ok(p.library.clone());
         }
-        let library = openssl_of(pid)?;
+        let library = openssl_of(pid, check_exe)?;
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(TlsProgramError::NoOpenSsl {
                 pid,
@@ -333,8 +341,9 @@ fn ensure_tracefs() -> Result<(), TlsProgramError> {
 
 /// The file holding process `pid`'s OpenSSL: the `libssl.so*` it has mapped (seen through
 /// `/proc/PID/root`, so a container's own library is probed, not the host's), else its own
-/// executable when that carries `SSL_read` (static linking; checked when attaching).
-pub fn openssl_of(pid: u32) -> Result<PathBuf, TlsProgramError> {
+/// executable when that carries `SSL_read` (static linking; checked when attaching; only
+/// looked for with `check_exe`).
+pub fn openssl_of(pid: u32, check_exe: bool) -> Result<PathBuf, TlsProgramError> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| {
         TlsProgramError::NoOpenSsl {
             pid,
@@ -349,7 +358,7 @@ pub fn openssl_of(pid: u32) -> Result<PathBuf, TlsProgramError> {
         return Ok(PathBuf::from(format!("/proc/{pid}/root{lib}")));
     }
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    if binary_has_symbol(&exe, b"SSL_read") {
+    if check_exe && binary_has_symbol(&exe, b"SSL_read") {
         return Ok(exe);
     }
     Err(TlsProgramError::NoOpenSsl {

@@ -78,7 +78,7 @@ const FLUSH_NS: u64 = 1_000_000_000;
 pub struct CallsOutput {
     sessions: Sessions,
     store: CallStore,
-    json: Option<BufWriter<std::fs::File>>,
+    json: Option<(PathBuf, BufWriter<std::fs::File>)>,
     map: ServiceMap,
     detector: AnomalyDetector,
     batch: Vec<CallRecord>,
@@ -121,15 +121,18 @@ impl CallsOutput {
             None => CallStore::in_memory(cfg.retention.clone())?,
         };
         let json = match &cfg.json {
-            Some(path) => Some(BufWriter::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| CallsError::Json {
-                        path: path.clone(),
-                        source,
-                    })?,
+            Some(path) => Some((
+                path.clone(),
+                BufWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|source| CallsError::Json {
+                            path: path.clone(),
+                            source,
+                        })?,
+                ),
             )),
             None => None,
         };
@@ -212,9 +215,9 @@ impl CallsOutput {
         self.collect();
         self.detector.advance(self.now_ns, &mut self.anomalies);
         self.flush()?;
-        if let Some(j) = self.json.as_mut() {
+        if let Some((path, j)) = self.json.as_mut() {
             j.flush().map_err(|source| CallsError::Json {
-                path: PathBuf::from("json"),
+                path: path.clone(),
                 source,
             })?;
         }
@@ -257,13 +260,15 @@ impl CallsOutput {
     }
 
     fn flush(&mut self) -> Result<(), CallsError> {
-        if let Some(j) = self.json.as_mut() {
+        if let Some((path, j)) = self.json.as_mut() {
             for rec in &self.batch {
-                let line = serde_json::to_string(rec).unwrap_or_default();
-                writeln!(j, "{line}").map_err(|source| CallsError::Json {
-                    path: PathBuf::from("json"),
-                    source,
-                })?;
+                serde_json::to_writer(&mut *j, rec)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| j.write_all(b"\n"))
+                    .map_err(|source| CallsError::Json {
+                        path: path.clone(),
+                        source,
+                    })?;
             }
         }
         if !self.batch.is_empty() {
