@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use podtap_agent::{Agent, AgentConfig};
 use podtap_cluster::{Cni, PodRef};
 use podtap_testkit::apps::{
-    ClientReport, GrpcPlan, GrpcServer, HttpPlan, Nginx, PyTlsServer, TlsCert, grpc_client,
-    py_tls_client,
+    ClientReport, GrpcPlan, GrpcServer, HttpPlan, Nginx, PyTlsServer, StaticTlsServer, TlsCert,
+    grpc_client, py_tls_client,
 };
 use podtap_testkit::*;
 
@@ -235,6 +235,54 @@ fn python_tls_server_decrypted_matches_the_client() {
     assert_eq!(d.synth.unbound_dropped, 0, "{d:?}");
     let (want_req, want_status) = client_requests(&report);
     let (got_req, got_status) = tshark_http1(&out, "shop/cart-1 (decrypted)", 9443);
+    assert_eq!(got_req, want_req);
+    assert_eq!(got_status, want_status);
+}
+
+#[test]
+fn statically_linked_openssl_is_probed_in_the_executable() {
+    let lab = lab("tlss", vec![Cni::Calico], 2);
+    let server = pod(&lab, "shop/cart-1").clone();
+    let client = pod(&lab, "shop/frontend-1").clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TlsCert::self_signed(dir.path()).unwrap();
+    let app = StaticTlsServer::start(
+        server.netns.as_deref().unwrap(),
+        &dir.path().join("static"),
+        &cert,
+        7443,
+    )
+    .unwrap();
+    let out = dir.path().join("out.pcapng");
+    let mut agent = start_decrypting(&lab, "shop/cart-1", &out, app.pid());
+    // No libssl.so: the probes sit in the server's own executable.
+    let probed = agent.refresh_stats().decrypted.unwrap().probed;
+    let library = &probed.iter().find(|p| p.0 == app.pid()).unwrap().2;
+    assert!(
+        library.ends_with(&format!("/proc/{}/exe", app.pid())),
+        "{library}"
+    );
+    let plan = HttpPlan::new(&[
+        ("GET", "/", 6),
+        ("GET", "/api/items", 4),
+        ("GET", "/status/503", 2),
+        ("POST", "/api/orders", 3),
+        ("GET", "/missing", 1),
+    ])
+    .per_connection(4);
+    let report = py_tls_client(
+        client.netns.as_deref().unwrap(),
+        &format!("https://{}:7443", server.ip),
+        &plan,
+    )
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.count("GET", "/status/503", 503), 2);
+    let stats = stop(agent);
+    let d = stats.decrypted.unwrap();
+    assert_eq!(d.synth.unbound_dropped, 0, "{d:?}");
+    let (want_req, want_status) = client_requests(&report);
+    let (got_req, got_status) = tshark_http1(&out, "shop/cart-1 (decrypted)", 7443);
     assert_eq!(got_req, want_req);
     assert_eq!(got_status, want_status);
 }

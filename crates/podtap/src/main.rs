@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod broker_cmd;
+mod calls_cmd;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Receive tapped copies over VXLAN/L2GRE and run per-policy pipelines to the tools.
     Broker(broker_cmd::BrokerArgs),
+    /// Show the call records and anomalies a broker's `calls` output stored.
+    Calls(calls_cmd::CallsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Lab(cmd) => podtap_lab::cli::run(cmd),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Broker(args) => broker_cmd::run(args),
+        Command::Calls(args) => calls_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

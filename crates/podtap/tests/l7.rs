@@ -157,6 +157,32 @@ fn decrypted_calls_equal_what_the_clients_report() {
             .all(|v| v["decrypted"] == true && v["server"]["pod"] == "cart-1")
     );
 
+    // `podtap calls` reads the same store: the 5xx calls as JSON lines, then as a table.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_podtap"))
+            .arg("calls")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let failed: Vec<serde_json::Value> = cli(&["--status", "500-599", "-n", "1000", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want_failed = calls
+        .iter()
+        .filter(|c| c.status.is_some_and(|s| (500..=599).contains(&s)))
+        .count();
+    assert_eq!(failed.len(), want_failed);
+    assert!(want_failed >= 4, "the client asked for 4 × /status/500");
+    assert!(failed.iter().all(|v| v["status"].as_u64().unwrap() >= 500));
+    let table = cli(&["--edge", "shop/frontend", "shop/cart", "-n", "3"]);
+    assert_eq!(table.lines().count(), 1 + 3 + 1, "{table}");
+    assert!(table.contains("shop/cart"), "{table}");
+
     // The service map on /metrics: one edge per protocol, errors as each protocol defines them.
     let line = |proto: &str, family: &str| {
         let prefix = format!(

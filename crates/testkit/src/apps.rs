@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
 
+mod static_openssl;
+pub use static_openssl::StaticTlsServer;
+
 /// The server name in [`TlsCert`]s (subject CN and DNS subjectAltName): what clients that check
 /// names (gRPC) must expect.
 pub const TLS_SERVER_NAME: &str = "podtap-lab";
