@@ -12,6 +12,12 @@ PACKAGES=(
   tcpdump tshark iperf3 hping3 nfdump softflowd pmacct tcpreplay
   # TLS and L7 applications the tests run inside pods (testkit's apps): servers and load tools
   nginx nghttp2-server nghttp2-client wrk openssl curl python3 python3-grpcio
+  # a test server linked statically against OpenSSL (testkit's StaticTlsServer)
+  gcc libc6-dev libssl-dev
+  # DNS server and client for the DNS-over-UDP/TCP tests (dnsmasq-base: the binary, no service)
+  dnsmasq-base bind9-dnsutils
+  # packet loss and reordering for the L7 tests (this kernel has no sch_netem: iptables NFQUEUE)
+  iptables
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -231,9 +231,9 @@ struct Baseline {
 }
 
 impl Baseline {
-    fn update(&mut self, x: f64, alpha: f64) {
+    /// Moves the baseline towards `x` with weight `a` (see [`alpha`]).
+    fn update(&mut self, x: f64, a: f64) {
         self.samples = self.samples.saturating_add(1);
-        let a = alpha.max(1.0 / f64::from(self.samples));
         let diff = x - self.mean;
         let step = a * diff;
         self.mean += step;
@@ -507,13 +507,18 @@ fn judge(
                 &slowest,
             );
         }
-        edge.latency.update(p90, alpha(config, spike));
+        edge.latency
+            .update(p90, alpha(config, &edge.latency, spike));
     }
 
     let ratio = interval.errors as f64 / interval.calls as f64;
     let b = edge.errors;
     let threshold = (b.mean + config.k * b.stddev()).max(b.mean + config.min_error_ratio_increase);
-    let spike = warm(&b) && ratio > threshold && interval.errors >= config.min_errors;
+    // Above the threshold with too few failures to report (a fault that began late in the
+    // interval) is still not normal: it must not raise the baseline the next interval is
+    // judged against.
+    let above = warm(&b) && ratio > threshold;
+    let spike = above && interval.errors >= config.min_errors;
     if spike {
         report(
             AnomalyKind::ErrorSpike,
@@ -524,7 +529,8 @@ fn judge(
             &interval.failed,
         );
     }
-    edge.errors.update(ratio, alpha(config, spike));
+    edge.errors
+        .update(ratio, alpha(config, &edge.errors, above));
 
     let rate = interval.calls as f64 / seconds;
     let b = edge.rate;
@@ -542,14 +548,19 @@ fn judge(
             &interval.first,
         );
     }
-    edge.rate.update(rate, alpha(config, spike));
+    edge.rate.update(rate, alpha(config, &edge.rate, spike));
 }
 
-fn alpha(config: &AnomalyConfig, anomalous: bool) -> f64 {
+/// The weight of the next sample in baseline `b`: a young baseline is a plain mean of its
+/// samples (weight 1/n until that falls below `alpha`), an anomalous sample weighs
+/// `anomalous_alpha` however young the baseline is (a spike must not become the baseline).
+fn alpha(config: &AnomalyConfig, b: &Baseline, anomalous: bool) -> f64 {
     if anomalous {
         config.anomalous_alpha
     } else {
-        config.alpha
+        config
+            .alpha
+            .max(1.0 / (f64::from(b.samples.saturating_add(1))))
     }
 }
 
@@ -732,6 +743,31 @@ mod tests {
         );
         // And back to normal, nothing.
         assert!(run_interval(&mut d, &mut noise, 12, &steady()).is_empty());
+    }
+
+    #[test]
+    fn a_fault_starting_late_in_an_interval_does_not_raise_the_next_threshold() {
+        let mut noise = Noise(7);
+        let mut d = warmed(10, &mut noise);
+        let key = EdgeKey::of(&call("front", "catalog", 8080, T0, MS, 200));
+        let before = d.edges.get(&key).map_or(1.0, |e| e.errors.mean);
+        // Interval 10: 20 good calls, then 4 failures at its end: a ratio of 0.17, above the
+        // threshold (about 0.11), but fewer failures than min_errors (5).
+        let start = T0 + 10 * INTERVAL;
+        let mut out = Vec::new();
+        for c in 0..24 {
+            let status = if c >= 20 { 503 } else { 200 };
+            let at = start + 1 + c * (INTERVAL / 30);
+            d.observe(
+                &call("front", "catalog", 8080, at, 2 * MS, status),
+                &mut out,
+            );
+        }
+        d.advance(start + INTERVAL, &mut out);
+        assert!(out.is_empty(), "too few failures to report: {out:?}");
+        let after = d.edges.get(&key).map_or(1.0, |e| e.errors.mean);
+        // Learned with the anomalous weight (0.01: +0.0016), not the normal one (0.1: +0.016).
+        assert!(after - before < 0.003, "{before} -> {after}");
     }
 
     #[test]

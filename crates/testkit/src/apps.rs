@@ -1,8 +1,11 @@
 //! Real TLS and L7 applications for end-to-end tests, run inside a network namespace: nginx
 //! (HTTP/1.1 and HTTP/2 over TLS, optionally plain HTTP), a Python `http.server` over TLS with
-//! a fault switch, nghttpd (HTTP/2), a gRPC echo service, and the clients and load tools that
-//! drive them (a Python HTTPS client, a Python gRPC client, h2load, wrk). Every client reports
-//! its own ground truth: what it sent and which status it got back.
+//! a fault switch, nghttpd (HTTP/2, also cleartext h2c), a gRPC echo service, dnsmasq (DNS over
+//! UDP and TCP), and the clients and load tools that drive them (a Python HTTPS client, a Python
+//! gRPC client, a paced background client with a timestamp per answer, h2load, wrk, dig), and
+//! an HTTPS server linked statically against OpenSSL ([`StaticTlsServer`]). Every client reports
+//! its own ground truth: what it sent and which status it got back. [`LossyLink`] stands in for netem (loss, delay, reordering), which
+//! the test machines' kernels lack.
 //!
 //! Servers listen on all IPv4 addresses of their namespace (so both `127.0.0.1` and a lab pod's
 //! IP reach them), keep every file under the directory they are given, return only once their
@@ -1236,6 +1239,678 @@ fn run_in_netns(netns: &str, program: &str, args: &[String], limit: Duration) ->
     Ok(finished)
 }
 
+/// A steady stream of one request for [`PacedClient`]: `workers` keep-alive connections, each
+/// sending `method path` at `rate / workers` per second. A worker never catches up in a burst:
+/// after a slow answer it sends the next request at once and keeps its pace from there, so the
+/// stream never runs faster than `rate`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PacedPlan {
+    /// HTTP method (`POST` sends a small JSON body).
+    pub method: String,
+    /// Path, appended to the base URL.
+    pub path: String,
+    /// Requests per second, all workers together.
+    pub rate: f64,
+    /// Connections sending in parallel (at least 1), so slow answers do not stop the stream.
+    pub workers: u32,
+    /// The client stops by itself after this long, if [`PacedClient::finish`] was not called.
+    #[serde(serialize_with = "seconds")]
+    pub max_duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl PacedPlan {
+    /// `rate` requests per second of `method path` over `workers` connections, for at most
+    /// ten minutes.
+    pub fn new(method: &str, path: &str, rate: f64, workers: u32) -> PacedPlan {
+        PacedPlan {
+            method: method.to_string(),
+            path: path.to_string(),
+            rate,
+            workers: workers.max(1),
+            max_duration: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One answered request of a [`PacedClient`], timed by the client's wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct TimedCall {
+    /// When the request was sent (Unix ns).
+    pub start_ns: u64,
+    /// When the whole answer was read (Unix ns).
+    pub end_ns: u64,
+    /// The HTTP status.
+    pub status: u16,
+}
+
+impl TimedCall {
+    /// From sending the request to reading the whole answer.
+    pub fn latency(&self) -> Duration {
+        Duration::from_nanos(self.end_ns.saturating_sub(self.start_ns))
+    }
+}
+
+/// What a [`PacedClient`] did, by its own account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PacedReport {
+    /// Counts per `(method, path, status)`, connections and unanswered requests.
+    pub report: ClientReport,
+    /// Every answered request, in the order answers arrived.
+    pub calls: Vec<TimedCall>,
+}
+
+const PY_PACED_CLIENT: &str = r#"
+import http.client, json, ssl, sys, threading, time
+from urllib.parse import urlsplit
+
+plan = json.loads(sys.argv[1])
+url = urlsplit(plan["base_url"])
+prefix = url.path.rstrip("/")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
+method, path = plan["method"], plan["path"]
+workers = max(1, int(plan["workers"]))
+period = workers / float(plan["rate"])
+deadline = time.monotonic() + float(plan["max_duration"])
+stop = threading.Event()
+lock = threading.Lock()
+calls, errors, connections = [], [], [0]
+
+
+def watch_stdin():
+    # The test closes our stdin to stop us.
+    sys.stdin.read()
+    stop.set()
+
+
+def connect():
+    if url.scheme == "https":
+        c = http.client.HTTPSConnection(url.hostname, url.port or 443, context=ctx, timeout=20)
+    else:
+        c = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=20)
+    c.connect()
+    with lock:
+        connections[0] += 1
+    return c
+
+
+def worker(w):
+    conn = None
+    due = time.monotonic() + period * w / workers
+    i = 0
+    while not stop.is_set() and time.monotonic() < deadline:
+        wait = due - time.monotonic()
+        if wait > 0 and stop.wait(wait):
+            break
+        due = max(due + period, time.monotonic())
+        i += 1
+        try:
+            if conn is None:
+                conn = connect()
+            body = None
+            if method in ("POST", "PUT", "PATCH"):
+                body = json.dumps({"podtap": "lab", "worker": w, "i": i}).encode()
+            start = time.time_ns()
+            conn.request(method, prefix + path, body=body,
+                         headers={"User-Agent": "podtap-lab-paced"})
+            r = conn.getresponse()
+            r.read()
+            end = time.time_ns()
+            with lock:
+                calls.append({"start_ns": start, "end_ns": end, "status": r.status})
+            if r.will_close:
+                conn.close()
+                conn = None
+        except Exception as e:
+            with lock:
+                errors.append(f"{method} {path}: {e!r}")
+            if conn is not None:
+                conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
+
+
+threading.Thread(target=watch_stdin, daemon=True).start()
+threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+counts = {}
+for c in calls:
+    key = (method, path, c["status"])
+    counts[key] = counts.get(key, 0) + 1
+print(json.dumps({
+    "counts": [{"method": m, "path": p, "status": s, "count": n}
+               for (m, p, s), n in sorted(counts.items())],
+    "connections": connections[0],
+    "errors": errors,
+    "calls": calls,
+}))
+"#;
+
+/// A client sending a [`PacedPlan`] in the background (Python's `http.client` in a netns,
+/// certificate check off) until [`PacedClient::finish`]; killed and reaped on drop.
+#[derive(Debug)]
+pub struct PacedClient {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl PacedClient {
+    /// Starts sending `plan` to `base_url` (`https://...` or `http://...`) from `netns`.
+    pub fn start(netns: &str, base_url: &str, plan: &PacedPlan) -> Result<PacedClient> {
+        #[derive(Serialize)]
+        struct Args<'a> {
+            base_url: &'a str,
+            #[serde(flatten)]
+            plan: &'a PacedPlan,
+        }
+        ensure!(plan.rate > 0.0, "a paced plan needs a positive rate");
+        let args = serde_json::to_string(&Args { base_url, plan }).context("encoding the plan")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, PYTHON, "-c", PY_PACED_CLIENT])
+            .arg(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the paced client in netns {netns}"))?;
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut text);
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        Ok(PacedClient {
+            stdin: child.stdin.take(),
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        })
+    }
+
+    /// Stops sending (requests in flight are answered first) and returns the report.
+    pub fn finish(mut self) -> Result<PacedReport> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(flatten)]
+            report: RawReport,
+            calls: Vec<TimedCall>,
+        }
+        drop(self.stdin.take());
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().context("waiting for the client")? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                bail!("the paced client did not stop within {CLIENT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let join = |h: Option<std::thread::JoinHandle<String>>| {
+            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        };
+        let finished = Finished {
+            command: "ip netns exec ... python3 (paced client)".to_string(),
+            status,
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+        };
+        ensure!(status.success(), "{}", finished.describe());
+        let raw: Raw = finished.json().context("paced client report")?;
+        Ok(PacedReport {
+            report: raw.report.into(),
+            calls: raw.calls,
+        })
+    }
+}
+
+impl Drop for PacedClient {
+    fn drop(&mut self) {
+        // Our own child (python itself, exec'd by `ip netns exec`); already reaped after
+        // `finish`, when kill only fails.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Nghttpd {
+    /// Starts nghttpd in `netns` on `port` without TLS (`--no-tls`): HTTP/2 cleartext with
+    /// prior knowledge (h2c, what `h2load http://...` speaks), the same docroot as
+    /// [`Nghttpd::start`], files under `dir`.
+    pub fn start_cleartext(netns: &str, dir: &Path, port: u16) -> Result<Nghttpd> {
+        let dir = prepare_dir(dir)?;
+        let docroot = dir.join("htdocs");
+        std::fs::create_dir_all(&docroot)
+            .with_context(|| format!("creating {}", docroot.display()))?;
+        write_file(
+            &docroot.join("index.html"),
+            "<html><body>podtap lab nghttpd</body></html>\n",
+        )?;
+        write_file(&docroot.join("small.txt"), "podtap lab: small\n")?;
+        write_file(&docroot.join("big.bin"), big_body())?;
+        let args = vec![
+            "--no-tls".to_string(),
+            "--address=0.0.0.0".to_string(),
+            format!("--htdocs={}", path_str(&docroot)?),
+            port.to_string(),
+        ];
+        let process = ServerProcess::start(
+            "nghttpd (h2c)",
+            netns,
+            "nghttpd",
+            &args,
+            dir.join("nghttpd.log"),
+            port,
+        )?;
+        Ok(Nghttpd { process, port })
+    }
+}
+
+/// dnsmasq (Debian `dnsmasq-base`) as a local DNS server over UDP and TCP, one foreground
+/// process with no upstream: the `records` it is given answer (NOERROR), any other name in
+/// its `zone` is NXDOMAIN (as is a record's name asked for a type it has no address of), and
+/// names outside the zone are REFUSED. Queries are logged to `dnsmasq.log` under its
+/// directory.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    process: ServerProcess,
+    port: u16,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq in `netns` on `port` (all addresses), authoritative for `zone`
+    /// (`lab.test`) with `records` of `(name, IPv4 or IPv6 address)`; log under `dir`.
+    pub fn start(
+        netns: &str,
+        dir: &Path,
+        port: u16,
+        zone: &str,
+        records: &[(&str, &str)],
+    ) -> Result<Dnsmasq> {
+        let dir = prepare_dir(dir)?;
+        let mut args = vec![
+            "--no-daemon".to_string(),
+            "--conf-file=/dev/null".to_string(),
+            "--pid-file=".to_string(),
+            "--no-resolv".to_string(),
+            "--no-hosts".to_string(),
+            "--no-poll".to_string(),
+            "--log-queries".to_string(),
+            "--log-facility=-".to_string(),
+            format!("--port={port}"),
+            format!("--local=/{zone}/"),
+        ];
+        args.extend(
+            records
+                .iter()
+                .map(|(name, addr)| format!("--host-record={name},{addr}")),
+        );
+        let process = ServerProcess::start(
+            "dnsmasq",
+            netns,
+            "dnsmasq",
+            &args,
+            dir.join("dnsmasq.log"),
+            port,
+        )?;
+        Ok(Dnsmasq { process, port })
+    }
+
+    /// The dnsmasq process.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The port (UDP and TCP).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// One query and its answer, as dig printed them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DigAnswer {
+    /// The question's name: lowercase, without the trailing dot.
+    pub name: String,
+    /// The question's type (`A`, `AAAA`, `MX`, ...).
+    pub qtype: String,
+    /// The response code's name (`NOERROR`, `NXDOMAIN`, `REFUSED`, ...).
+    pub status: String,
+    /// The response code's number (0 NOERROR, 3 NXDOMAIN, 5 REFUSED, ...).
+    pub rcode: u32,
+    /// How the answer came: `UDP` or `TCP` (dig's `;; SERVER:` line).
+    pub transport: String,
+}
+
+/// Runs one `dig` (Debian `bind9-dnsutils`) in `netns` asking `server` (`IP`, port 53) every
+/// `(name, type)` of `queries` in order, over UDP, or over TCP on one kept-open connection
+/// (`+tcp +keepopen`) when `tcp`; one try each. Fails unless every query got an answer.
+pub fn dig(
+    netns: &str,
+    server: &str,
+    queries: &[(&str, &str)],
+    tcp: bool,
+) -> Result<Vec<DigAnswer>> {
+    let mut args = vec![
+        format!("@{server}"),
+        "+tries=1".to_string(),
+        "+time=5".to_string(),
+    ];
+    if tcp {
+        args.extend(["+tcp".to_string(), "+keepopen".to_string()]);
+    }
+    for (name, qtype) in queries {
+        args.extend([name.to_string(), qtype.to_string()]);
+    }
+    let out = run_in_netns(netns, "dig", &args, CLIENT_TIMEOUT)?;
+    let answers =
+        parse_dig(&out.stdout).with_context(|| format!("dig output:\n{}", out.describe()))?;
+    ensure!(
+        answers.len() == queries.len(),
+        "dig answered {} of {} queries:\n{}",
+        answers.len(),
+        queries.len(),
+        out.describe()
+    );
+    Ok(answers)
+}
+
+/// Parses dig's default output: per answer its `->>HEADER<<-` status, the question line
+/// after `;; QUESTION SECTION:` and the transport on `;; SERVER:`.
+pub fn parse_dig(text: &str) -> Result<Vec<DigAnswer>> {
+    let mut answers = Vec::new();
+    let mut status: Option<String> = None;
+    let mut question: Option<(String, String)> = None;
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.strip_prefix(";; ->>HEADER<<-") {
+            let s = rest
+                .split(',')
+                .find_map(|f| f.trim().strip_prefix("status:"))
+                .with_context(|| format!("no status in `{line}`"))?;
+            status = Some(s.trim().to_string());
+        } else if line == ";; QUESTION SECTION:" {
+            let q = lines.next().context("no line after the question section")?;
+            let f: Vec<&str> = q.trim_start_matches(';').split_whitespace().collect();
+            let [name, "IN", qtype] = f.as_slice() else {
+                bail!("unexpected question line `{q}`");
+            };
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            question = Some((name, qtype.to_string()));
+        } else if let Some(rest) = line.strip_prefix(";; SERVER:") {
+            let transport = rest
+                .rsplit_once('(')
+                .map(|(_, t)| t.trim_end_matches(')').to_string())
+                .with_context(|| format!("no transport in `{line}`"))?;
+            let status = status.take().context("`;; SERVER:` before a header")?;
+            let (name, qtype) = question.take().context("`;; SERVER:` before a question")?;
+            let rcode = match status.as_str() {
+                "NOERROR" => 0,
+                "FORMERR" => 1,
+                "SERVFAIL" => 2,
+                "NXDOMAIN" => 3,
+                "NOTIMP" => 4,
+                "REFUSED" => 5,
+                other => bail!("unknown DNS status `{other}`"),
+            };
+            answers.push(DigAnswer {
+                name,
+                qtype,
+                status,
+                rcode,
+                transport,
+            });
+        }
+    }
+    Ok(answers)
+}
+
+/// A netem stand-in for kernels without `sch_netem`: in one network namespace, TCP packets the
+/// namespace sends pass a user-space queue (iptables `NFQUEUE` in `OUTPUT`, served by a Python
+/// program over raw nfnetlink) that drops `loss` of them, lets `reorder` of them through at
+/// once and holds the others `delay` (so the ones let through overtake them), and TCP packets
+/// it receives are dropped with probability `loss` again (iptables `statistic`), after any tap
+/// on the host side has seen them. Like `netem loss L delay D reorder R` on the namespace's
+/// interface plus `netem loss L` on its peer. The program is killed and the rules removed on
+/// drop; the program's decisions come from a fixed seed.
+#[derive(Debug)]
+pub struct LossyLink {
+    process: Option<Child>,
+    netns: String,
+    rules: Vec<Vec<String>>,
+    log: PathBuf,
+}
+
+/// The settings of a [`LossyLink`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Impairment {
+    /// Probability of a drop, on the way out and again on the way in (0.03: 3%).
+    pub loss: f64,
+    /// How long held packets wait.
+    pub delay: Duration,
+    /// Probability that a packet is not held (and overtakes the held ones).
+    pub reorder: f64,
+}
+
+const PY_NFQUEUE: &str = r#"
+import os, random, select, socket, struct, sys, time
+
+queue, loss, delay, reorder, seed = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+rng = random.Random(seed)
+SUBSYS_QUEUE = 3
+MSG_PACKET, MSG_VERDICT, MSG_CONFIG = 0, 1, 2
+F_REQUEST, F_ACK = 1, 4
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+s.bind((0, 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+seq = 0
+
+
+def attr(t, payload):
+    a = struct.pack("=HH", 4 + len(payload), t) + payload
+    return a + b"\0" * (-len(a) % 4)
+
+
+def send(msg_type, attrs, flags=F_REQUEST):
+    global seq
+    seq += 1
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + b"".join(attrs)
+    hdr = struct.pack("=IHHII", 16 + len(body), (SUBSYS_QUEUE << 8) | msg_type, flags, seq, 0)
+    s.send(hdr + body)
+
+
+def config(attrs):
+    send(MSG_CONFIG, attrs, F_REQUEST | F_ACK)
+    data = s.recv(65536)
+    length, typ = struct.unpack_from("=IH", data)
+    if typ == 2:  # NLMSG_ERROR
+        err = struct.unpack_from("=i", data, 16)[0]
+        if err != 0:
+            raise SystemExit(f"nfqueue config failed: {os.strerror(-err)}")
+
+
+config([attr(1, struct.pack("!BBH", 1, 0, socket.AF_INET))])  # CMD_BIND
+config([attr(2, struct.pack("!IB", 0, 1))])  # PARAMS: copy metadata only
+print(f"podtap nfqueue {queue} ready", flush=True)
+
+
+def verdict(pid, v):
+    send(MSG_VERDICT, [attr(2, struct.pack("!II", v, pid))])
+
+
+held = []  # (release time, packet id), in arrival order
+while True:
+    timeout = max(0.0, held[0][0] - time.monotonic()) if held else None
+    ready, _, _ = select.select([s], [], [], timeout)
+    if ready:
+        data = s.recv(65536)
+        off = 0
+        while off + 16 <= len(data):
+            length, typ = struct.unpack_from("=IH", data, off)
+            if length < 16:
+                break
+            if typ == (SUBSYS_QUEUE << 8) | MSG_PACKET:
+                a = off + 20
+                pid = None
+                while a + 4 <= off + length:
+                    alen, atype = struct.unpack_from("=HH", data, a)
+                    if alen < 4:
+                        break
+                    if atype & 0x7FFF == 1:  # PACKET_HDR
+                        pid = struct.unpack_from("!I", data, a + 4)[0]
+                    a += (alen + 3) & ~3
+                if pid is not None:
+                    r = rng.random()
+                    if r < loss:
+                        verdict(pid, 0)  # NF_DROP
+                    elif r < loss + reorder:
+                        verdict(pid, 1)  # NF_ACCEPT, ahead of the held ones
+                    else:
+                        held.append((time.monotonic() + delay, pid))
+            off += (length + 3) & ~3
+    now = time.monotonic()
+    while held and held[0][0] <= now:
+        verdict(held.pop(0)[1], 1)
+"#;
+
+impl LossyLink {
+    /// Impairs `netns`'s TCP traffic as described on [`LossyLink`], with NFQUEUE number
+    /// `queue` (unique in the namespace) and the program's log under `dir`. Returns once the
+    /// queue is bound and the rules are in.
+    pub fn start(netns: &str, dir: &Path, queue: u16, how: Impairment) -> Result<LossyLink> {
+        let dir = prepare_dir(dir)?;
+        let log = dir.join(format!("nfqueue-{queue}.log"));
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("duplicating the log file")?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, PYTHON, "-c", PY_NFQUEUE])
+            .arg(queue.to_string())
+            .arg(how.loss.to_string())
+            .arg(how.delay.as_secs_f64().to_string())
+            .arg(how.reorder.to_string())
+            .arg(u64::from(queue).to_string())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting the nfqueue program in netns {netns}"))?;
+        let mut link = LossyLink {
+            process: Some(child),
+            netns: netns.to_string(),
+            rules: Vec::new(),
+            log,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&link.log).unwrap_or_default();
+            if text.contains("ready") {
+                break;
+            }
+            if let Some(child) = link.process.as_mut()
+                && let Some(status) = child.try_wait().context("polling the nfqueue program")?
+            {
+                bail!("the nfqueue program exited ({status}):\n{text}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the nfqueue program did not bind queue {queue}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let queue = queue.to_string();
+        let loss = how.loss.to_string();
+        for rule in [
+            vec![
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue,
+            ],
+            vec![
+                "INPUT",
+                "-p",
+                "tcp",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &loss,
+                "-j",
+                "DROP",
+            ],
+        ] {
+            let rule: Vec<String> = rule.into_iter().map(str::to_string).collect();
+            link.iptables("-A", &rule)?;
+            link.rules.push(rule);
+        }
+        Ok(link)
+    }
+
+    fn iptables(&self, op: &str, rule: &[String]) -> Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "iptables", op])
+            .args(rule)
+            .output()
+            .context("running iptables (install it with scripts/install-deps.sh)")?;
+        ensure!(
+            out.status.success(),
+            "iptables {op} {} in netns {}: {}",
+            rule.join(" "),
+            self.netns,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for LossyLink {
+    fn drop(&mut self) {
+        // Rules first: a queue rule without its program would hold the namespace's packets.
+        for rule in std::mem::take(&mut self.rules) {
+            let _ = self.iptables("-D", &rule);
+        }
+        // Our own child (python, exec'd by `ip netns exec`).
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1303,5 +1978,49 @@ Transfer/sec:      1.20MB
     #[test]
     fn big_body_has_its_size() {
         assert_eq!(big_body().len(), BIG_BODY_LEN);
+    }
+
+    #[test]
+    fn dig_output_parses() {
+        let text = "\
+; <<>> DiG 9.18.49-1~deb12u3-Debian <<>> @10.0.0.2 web.lab.test A
+;; Got answer:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 6161
+;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 1
+
+;; QUESTION SECTION:
+;WEB.lab.test.\t\t\tIN\tA
+
+;; ANSWER SECTION:
+web.lab.test.\t\t0\tIN\tA\t10.96.0.10
+
+;; SERVER: 10.0.0.2#53(10.0.0.2) (UDP)
+
+;; ->>HEADER<<- opcode: QUERY, status: NXDOMAIN, id: 45496
+;; QUESTION SECTION:
+;missing.lab.test.\t\tIN\tAAAA
+
+;; SERVER: 10.0.0.2#53(10.0.0.2) (TCP)
+";
+        let answers = parse_dig(text).unwrap();
+        let got: Vec<(&str, &str, u32, &str)> = answers
+            .iter()
+            .map(|a| {
+                (
+                    a.name.as_str(),
+                    a.qtype.as_str(),
+                    a.rcode,
+                    a.transport.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web.lab.test", "A", 0, "UDP"),
+                ("missing.lab.test", "AAAA", 3, "TCP")
+            ]
+        );
+        assert!(parse_dig(";; SERVER: 10.0.0.2#53(10.0.0.2) (UDP)\n").is_err());
     }
 }
