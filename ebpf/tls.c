@@ -256,6 +256,9 @@ int tls_read_enter(struct pt_regs *ctx) { return on_enter(ctx, TLS_DIR_READ, 0);
 SEC("uprobe/SSL_write")
 int tls_write_enter(struct pt_regs *ctx) { return on_enter(ctx, TLS_DIR_WRITE, 0); }
 
+/* Also attached to OpenSSL's ssl_read_internal / ssl_write_internal (same arguments as the
+ * _ex functions; crates/agent/src/tls/placement.rs finds them): one probe for all four entry
+ * points, on an instruction the kernel emulates. */
 SEC("uprobe/SSL_read_ex")
 int tls_read_ex_enter(struct pt_regs *ctx) { return on_enter(ctx, TLS_DIR_READ, 1); }
 
@@ -277,7 +280,9 @@ int tls_ret(struct pt_regs *ctx)
 	int ret = (int)PT_REGS_RC(ctx);
 	__u64 len = 0;
 	if (c.len_ptr) {
-		if (ret != 1)
+		/* The _ex contract (SSL_read_ex, and ssl_read_internal/ssl_write_internal, which the
+		 * agent probes when it finds them): success is > 0, the length is in *len_ptr. */
+		if (ret <= 0)
 			return 0;
 		if (bpf_probe_read_user(&len, sizeof(len), (void *)c.len_ptr))
 			return 0;

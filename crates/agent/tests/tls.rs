@@ -156,7 +156,13 @@ fn nginx_https_decrypted_matches_the_client() {
     )
     .unwrap();
     let out = dir.path().join("out.pcapng");
-    let agent = start_decrypting(&lab, "shop/cart-1", &out, nginx.pid());
+    let mut agent = start_decrypting(&lab, "shop/cart-1", &out, nginx.pid());
+    let probed = agent.refresh_stats().decrypted.unwrap().probed;
+    let what = &probed.iter().find(|p| p.0 == nginx.pid()).unwrap().2;
+    assert!(
+        what.contains("/libssl.so") && what.ends_with(": ssl_read_internal, ssl_write_internal"),
+        "{what}"
+    );
 
     let plan = HttpPlan::new(&[
         ("GET", "/", 12),
@@ -255,12 +261,16 @@ fn statically_linked_openssl_is_probed_in_the_executable() {
     .unwrap();
     let out = dir.path().join("out.pcapng");
     let mut agent = start_decrypting(&lab, "shop/cart-1", &out, app.pid());
-    // No libssl.so: the probes sit in the server's own executable.
+    // No libssl.so: the probes sit in the server's own executable, on OpenSSL's internal
+    // read/write functions (found by decoding SSL_read & co. in the executable).
     let probed = agent.refresh_stats().decrypted.unwrap().probed;
-    let library = &probed.iter().find(|p| p.0 == app.pid()).unwrap().2;
-    assert!(
-        library.ends_with(&format!("/proc/{}/exe", app.pid())),
-        "{library}"
+    let what = &probed.iter().find(|p| p.0 == app.pid()).unwrap().2;
+    assert_eq!(
+        what,
+        &format!(
+            "/proc/{}/exe: ssl_read_internal, ssl_write_internal",
+            app.pid()
+        )
     );
     let plan = HttpPlan::new(&[
         ("GET", "/", 6),

@@ -8,6 +8,9 @@
 //!   and write), with the results checked against each other.
 //! - `broker-tunnel` ([`broker_tunnel`]): the highest VXLAN rate through a full broker
 //!   pipeline on one core with zero loss.
+//! - `l7` ([`l7_decode`]): HTTP/1.1 and HTTP/2 call decoding of one capture against tshark's
+//!   field export.
+//! - `tls-probe` ([`tls_probe`]): what the decrypted view's uprobes cost an HTTPS server, with wrk.
 //! - `capture` ([`capture`]): writes the synthetic capture ([`synth`]) the broker benchmarks use.
 //!
 //! The tap and tunnel benchmarks run on a lab of network namespaces that is removed at the
@@ -22,10 +25,13 @@ mod child;
 mod cpu;
 mod flow_collector;
 mod iperf;
+mod l7_decode;
+mod l7_synth;
 mod measure;
 mod synth;
 mod tap;
 mod tap_cost;
+mod tls_probe;
 mod veth_meter;
 mod vxlan_flood;
 mod zero_drop;
@@ -51,6 +57,10 @@ enum Command {
     Broker(broker_offline::BrokerArgs),
     /// Highest VXLAN packet rate through a full broker pipeline on one core with zero loss.
     BrokerTunnel(broker_tunnel::TunnelArgs),
+    /// L7 decoding (HTTP/1.1, HTTP/2) of one capture against tshark's HTTP/HTTP2 field export.
+    L7(l7_decode::L7Args),
+    /// What the decrypted view's uprobes cost an HTTPS server: wrk with and without them.
+    TlsProbe(tls_probe::TlsProbeArgs),
     /// Write the broker benchmarks' synthetic capture (deterministic pcap) and print its ground truth.
     Capture(capture::CaptureArgs),
 }
@@ -63,6 +73,8 @@ fn main() -> std::process::ExitCode {
         Command::Capture(args) => capture::run(args),
         Command::Broker(args) => broker_offline::run(args),
         Command::BrokerTunnel(args) => broker_tunnel::run(args),
+        Command::L7(args) => l7_decode::run(args),
+        Command::TlsProbe(args) => tls_probe::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -534,7 +534,7 @@ fn ipv6_pair(ci: u32) -> (Ipv6Addr, Ipv6Addr) {
 }
 
 /// One's-complement sum of 16-bit big-endian words (odd tail padded with zero), unfolded.
-fn sum16(bytes: &[u8]) -> u32 {
+pub fn sum16(bytes: &[u8]) -> u32 {
     let mut sum = 0u32;
     let mut chunks = bytes.chunks_exact(2);
     for w in &mut chunks {
@@ -547,7 +547,7 @@ fn sum16(bytes: &[u8]) -> u32 {
 }
 
 /// Folds a sum into the one's-complement checksum.
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -6,6 +6,7 @@
 //! appeared in a pod's network namespace are probed, processes that ended (or whose pod is no
 //! longer selected) lose their probes ([`processes`]). A reader thread drains the ring.
 
+pub mod placement;
 pub mod processes;
 pub mod program;
 pub mod synth;
@@ -47,7 +48,7 @@ pub struct TlsStats {
     pub kernel: TlsCounters,
     /// User side: chunks, frames, connections, drops.
     pub synth: SynthCounters,
-    /// Processes probed now, with their pod and library.
+    /// Processes probed now, with their pod and what is probed (`LIBRARY: FUNCTIONS`).
     pub probed: Vec<(u32, PodRef, String)>,
     /// Processes that could not be probed, with why.
     pub unprobed: Vec<(u32, PodRef, String)>,
@@ -136,7 +137,6 @@ impl TlsView {
             let check_exe = !self.unprobed.contains_key(&pid);
             match self.program.probe(pid, p.tap_id, check_exe) {
                 Ok(lib) => {
-                    let lib = lib.display().to_string();
                     tracing::info!(pid, pod = %p.pod, library = %lib, "TLS probes attached");
                     self.unprobed.remove(&pid);
                     self.probed.insert(pid, (p.pod.clone(), p.tap_id, lib));

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLinkId;
-use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use podtap_abi::tls as abi;
+
+use super::placement;
 
 static TLS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tls.o"));
 
@@ -28,22 +30,72 @@ const WRITE_SYSCALLS: [&str; 4] = [
     "sys_enter_writev",
 ];
 
-/// Entry probes: (program, OpenSSL function, required). The `_ex` variants arrived in
-/// OpenSSL 1.1.1; a library without them is still probed through the plain calls.
-const ENTRY_PROBES: [(&str, &str, bool); 6] = [
+/// Probes on the exported functions, when the internal ones are not found ([`placement`]):
+/// (program, name, required). The `_ex` variants arrived in OpenSSL 1.1.1; a library without
+/// them is still probed through the plain calls. Names ending in " return" are return probes
+/// on the function named before it.
+const EXPORTED_PROBES: [(&str, &str, bool); 8] = [
     (abi::PROG_READ_ENTER, "SSL_read", true),
     (abi::PROG_WRITE_ENTER, "SSL_write", true),
     (abi::PROG_READ_EX_ENTER, "SSL_read_ex", false),
     (abi::PROG_WRITE_EX_ENTER, "SSL_write_ex", false),
-    (abi::PROG_SET_FD, "SSL_set_fd", false),
-    (abi::PROG_FREE, "SSL_free", false),
+    (abi::PROG_RET, "SSL_read return", true),
+    (abi::PROG_RET, "SSL_write return", true),
+    (abi::PROG_RET, "SSL_read_ex return", false),
+    (abi::PROG_RET, "SSL_write_ex return", false),
 ];
-const RETURN_PROBES: [(&str, bool); 4] = [
-    ("SSL_read", true),
-    ("SSL_write", true),
-    ("SSL_read_ex", false),
-    ("SSL_write_ex", false),
+
+/// Probes that follow an `SSL*`'s socket and end: (program, function), always on the exported
+/// functions, optional.
+const SSL_LIFETIME_PROBES: [(&str, &str); 2] = [
+    (abi::PROG_SET_FD, "SSL_set_fd"),
+    (abi::PROG_FREE, "SSL_free"),
 ];
+
+/// Every uprobe program (loaded once).
+const UPROBE_PROGRAMS: [&str; 7] = [
+    abi::PROG_READ_ENTER,
+    abi::PROG_WRITE_ENTER,
+    abi::PROG_READ_EX_ENTER,
+    abi::PROG_WRITE_EX_ENTER,
+    abi::PROG_RET,
+    abi::PROG_SET_FD,
+    abi::PROG_FREE,
+];
+
+/// The function a probe name is on (`"SSL_read return"` → `"SSL_read"`).
+fn symbol_of(name: &'static str) -> &'static str {
+    name.strip_suffix(" return").unwrap_or(name)
+}
+
+/// Where one uprobe goes.
+#[derive(Debug, Clone, Copy)]
+enum Location {
+    /// An exported function.
+    Symbol(&'static str),
+    /// A file offset (an internal function [`placement`] found).
+    Offset(u64),
+}
+
+/// One uprobe to attach: the program, what it is on (for logs and errors), where.
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    program: &'static str,
+    name: &'static str,
+    location: Location,
+    required: bool,
+}
+
+impl Site {
+    fn at(program: &'static str, name: &'static str, offset: u64) -> Site {
+        Site {
+            program,
+            name,
+            location: Location::Offset(offset),
+            required: true,
+        }
+    }
+}
 
 /// Errors of the TLS programs.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +148,8 @@ pub enum TlsProgramError {
 
 /// The uprobes on one process.
 struct Probed {
-    library: PathBuf,
+    /// `LIBRARY: FUNCTIONS`.
+    what: String,
     links: Vec<(&'static str, UProbeLinkId)>,
 }
 
@@ -105,6 +158,8 @@ pub struct TlsProgram {
     ebpf: Ebpf,
     _tracepoints: Vec<(&'static str, TracePointLinkId)>,
     probed: HashMap<u32, Probed>,
+    /// Where the probes go, per OpenSSL file (device, inode): decided once per file.
+    placements: HashMap<(u64, u64), Result<placement::Internal, placement::NoInternal>>,
 }
 
 impl TlsProgram {
@@ -116,9 +171,7 @@ impl TlsProgram {
             .map_max_entries(abi::MAP_RING, ring_bytes)
             .load(TLS_OBJECT)
             .map_err(|source| TlsProgramError::Load { source })?;
-        let mut uprobes: Vec<&str> = ENTRY_PROBES.iter().map(|(p, _, _)| *p).collect();
-        uprobes.push(abi::PROG_RET);
-        for name in uprobes {
+        for name in UPROBE_PROGRAMS {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|source| TlsProgramError::Program {
                 program: name.into(),
@@ -149,6 +202,7 @@ impl TlsProgram {
             ebpf,
             _tracepoints: tracepoints,
             probed: HashMap::new(),
+            placements: HashMap::new(),
         })
     }
 
@@ -160,7 +214,8 @@ impl TlsProgram {
     }
 
     /// Attaches the uprobes to process `pid`'s OpenSSL (its libssl, or its own binary when it
-    /// links OpenSSL statically) and starts following its sockets. Returns the library probed.
+    /// links OpenSSL statically) and starts following its sockets. Returns what was probed:
+    /// `LIBRARY: FUNCTIONS` (the internal read/write functions, or the exported ones).
     /// `check_exe`: also look for OpenSSL in the executable (reads the whole file: done once
     /// per process, while `/proc/PID/maps` is looked at again on every try, since a process may
     /// load libssl later, as Python does at `import ssl`).
@@ -169,9 +224,9 @@ impl TlsProgram {
         pid: u32,
         tap_id: u16,
         check_exe: bool,
-    ) -> Result<PathBuf, TlsProgramError> {
+    ) -> Result<String, TlsProgramError> {
         if let Some(p) = self.probed.get(&pid) {
-            return Ok(p.library.clone());
+            return Ok(p.what.clone());
         }
         let library = openssl_of(pid, check_exe)?;
         let scope =
@@ -179,28 +234,23 @@ impl TlsProgram {
                 pid,
                 reason: "pid 0".into(),
             })?);
+        let sites = self.sites(&library);
+        let on = if sites.iter().any(|s| matches!(s.location, Location::Offset(_))) {
+            "ssl_read_internal, ssl_write_internal"
+        } else {
+            "SSL_read, SSL_write (+_ex)"
+        };
+        let what = format!("{}: {on}", library.display());
         let mut links = Vec::new();
         let mut result = Ok(());
-        for (prog_name, symbol, required) in ENTRY_PROBES {
-            match attach(&mut self.ebpf, prog_name, symbol, &library, scope) {
-                Ok(link) => links.push((prog_name, link)),
-                Err(e) if required => {
+        for site in &sites {
+            match attach(&mut self.ebpf, site, &library, scope) {
+                Ok(link) => links.push((site.program, link)),
+                Err(e) if site.required => {
                     result = Err(e);
                     break;
                 }
-                Err(e) => tracing::debug!(pid, "{symbol} not probed: {e}"),
-            }
-        }
-        if result.is_ok() {
-            for (symbol, required) in RETURN_PROBES {
-                match attach(&mut self.ebpf, abi::PROG_RET, symbol, &library, scope) {
-                    Ok(link) => links.push((abi::PROG_RET, link)),
-                    Err(e) if required => {
-                        result = Err(e);
-                        break;
-                    }
-                    Err(e) => tracing::debug!(pid, "{symbol} return not probed: {e}"),
-                }
+                Err(e) => tracing::debug!(pid, "{} not probed: {e}", site.name),
             }
         }
         if let Err(e) = result {
@@ -220,11 +270,69 @@ impl TlsProgram {
         self.probed.insert(
             pid,
             Probed {
-                library: library.clone(),
+                what: what.clone(),
                 links,
             },
         );
-        Ok(library)
+        Ok(what)
+    }
+
+    /// The probes for one OpenSSL build: on its internal read/write functions when
+    /// [`placement`] finds them (decided once per file), else on the exported functions.
+    fn sites(&mut self, library: &Path) -> Vec<Site> {
+        let key = std::fs::metadata(library)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+            .ok();
+        let internal = match key.and_then(|k| self.placements.get(&k)) {
+            Some(known) => known.clone(),
+            None => {
+                let found = placement::internal_functions(library);
+                match &found {
+                    Ok(i) => tracing::info!(
+                        library = %library.display(),
+                        read = format_args!("{:#x}", i.read),
+                        write = format_args!("{:#x}", i.write),
+                        emulated = i.emulated,
+                        "TLS probes go on OpenSSL's internal read/write functions"
+                    ),
+                    Err(why) => tracing::info!(
+                        library = %library.display(),
+                        "TLS probes go on SSL_read/SSL_write and their _ex variants: {why}"
+                    ),
+                }
+                if let Some(k) = key {
+                    self.placements.insert(k, found.clone());
+                }
+                found
+            }
+        };
+        let mut sites = match internal {
+            Ok(i) => vec![
+                Site::at(abi::PROG_READ_EX_ENTER, "ssl_read_internal", i.read),
+                Site::at(abi::PROG_WRITE_EX_ENTER, "ssl_write_internal", i.write),
+                Site::at(abi::PROG_RET, "ssl_read_internal return", i.read),
+                Site::at(abi::PROG_RET, "ssl_write_internal return", i.write),
+            ],
+            Err(_) => EXPORTED_PROBES
+                .iter()
+                .map(|(program, name, required)| Site {
+                    program,
+                    name,
+                    location: Location::Symbol(symbol_of(name)),
+                    required: *required,
+                })
+                .collect(),
+        };
+        sites.extend(SSL_LIFETIME_PROBES.iter().map(|(program, name)| Site {
+            program,
+            name,
+            location: Location::Symbol(name),
+            required: false,
+        }));
+        sites
     }
 
     /// Removes the uprobes of `pid` (gone, or its pod no longer selected).
@@ -303,15 +411,18 @@ where
 
 fn attach(
     ebpf: &mut Ebpf,
-    prog_name: &'static str,
-    symbol: &str,
+    site: &Site,
     library: &Path,
     scope: UProbeScope,
 ) -> Result<UProbeLinkId, TlsProgramError> {
-    let prog: &mut UProbe = program(ebpf, prog_name)?;
-    prog.attach(symbol, library, scope)
+    let prog: &mut UProbe = program(ebpf, site.program)?;
+    let location = match site.location {
+        Location::Symbol(symbol) => UProbeAttachLocation::Symbol(symbol),
+        Location::Offset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+    };
+    prog.attach(location, library, scope)
         .map_err(|source| TlsProgramError::Program {
-            program: format!("{prog_name} on {symbol} in {}", library.display()),
+            program: format!("{} on {} in {}", site.program, site.name, library.display()),
             source,
         })
 }

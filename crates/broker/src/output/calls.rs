@@ -77,7 +77,9 @@ const FLUSH_NS: u64 = 1_000_000_000;
 /// A running `calls` output.
 pub struct CallsOutput {
     sessions: Sessions,
-    store: CallStore,
+    /// None without `store:`: records then go only to the JSON lines, the service map and
+    /// the anomaly detector.
+    store: Option<CallStore>,
     json: Option<(PathBuf, BufWriter<std::fs::File>)>,
     map: ServiceMap,
     detector: AnomalyDetector,
@@ -117,8 +119,8 @@ impl CallsOutput {
     /// Opens the store and the JSON file.
     pub fn new(cfg: &CallsConfig) -> Result<CallsOutput, CallsError> {
         let store = match &cfg.store {
-            Some(path) => CallStore::open(path, cfg.retention.clone())?,
-            None => CallStore::in_memory(cfg.retention.clone())?,
+            Some(path) => Some(CallStore::open(path, cfg.retention.clone())?),
+            None => None,
         };
         let json = match &cfg.json {
             Some(path) => Some((
@@ -272,7 +274,9 @@ impl CallsOutput {
             }
         }
         if !self.batch.is_empty() {
-            self.store.insert(&self.batch)?;
+            if let Some(store) = &mut self.store {
+                store.insert(&self.batch)?;
+            }
             self.batch.clear();
         }
         if !self.anomalies.is_empty() {
@@ -286,7 +290,9 @@ impl CallsOutput {
                 );
             }
             self.anomalies_total += self.anomalies.len() as u64;
-            self.store.insert_anomalies(&self.anomalies)?;
+            if let Some(store) = &mut self.store {
+                store.insert_anomalies(&self.anomalies)?;
+            }
             self.anomalies.clear();
         }
         Ok(())
