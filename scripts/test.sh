@@ -14,16 +14,17 @@ cargo test --locked --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# What the suite must not leave behind: test labs (pt-ta*, pt-tc*, pt-tl* + test pid), or tap programs.
-left_ns=$(ip netns list | awk '{print $1}' | grep -E '^pt-t[acl][a-z]*[0-9]+-' || true)
-left_progs=$(bpftool prog show 2>/dev/null | grep -E 'name (tap_from_pod|tap_to_pod)' || true)
+# What the suite must not leave behind: test labs (pt-ta*, pt-tc*, pt-tl* + test pid), the
+# test kit's app namespaces (pt-app*), tap programs or TLS probes.
+left_ns=$(ip netns list | awk '{print $1}' | grep -E '^(pt-t[acl][a-z]*[0-9]+-|pt-app)' || true)
+left_progs=$(bpftool prog show 2>/dev/null | grep -E 'name (tap_from_pod|tap_to_pod|tls_[a-z_]+)' || true)
 if [ -n "$left_ns" ] || [ -n "$left_progs" ]; then
   echo "test.sh: the suite left things behind:" >&2
   [ -n "$left_ns" ] && echo "  namespaces: $left_ns" >&2
   [ -n "$left_progs" ] && echo "  BPF programs: $left_progs" >&2
   exit 1
 fi
-echo "test.sh: no namespace or BPF program of the suite remains"
+echo "test.sh: no namespace, BPF program or TLS probe of the suite remains"
 
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
