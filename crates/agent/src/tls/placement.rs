@@ -132,9 +132,9 @@ pub fn internal_functions_in(bytes: &[u8]) -> Result<Internal, NoInternal> {
     let offset = |address: u64, symbol: &'static str| {
         file_offset(&file, address).ok_or(NoInternal::NoCall { symbol })
     };
-    let emulated = [read, write].iter().all(|a| {
-        code_at(&file, *a, 16).is_some_and(|code| first_is_emulated(code, *a))
-    });
+    let emulated = [read, write]
+        .iter()
+        .all(|a| code_at(&file, *a, 16).is_some_and(|code| first_is_emulated(code, *a)));
     Ok(Internal {
         read: offset(read, "SSL_read")?,
         write: offset(write, "SSL_write")?,

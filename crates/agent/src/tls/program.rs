@@ -235,7 +235,10 @@ impl TlsProgram {
                 reason: "pid 0".into(),
             })?);
         let sites = self.sites(&library);
-        let on = if sites.iter().any(|s| matches!(s.location, Location::Offset(_))) {
+        let on = if sites
+            .iter()
+            .any(|s| matches!(s.location, Location::Offset(_)))
+        {
             "ssl_read_internal, ssl_write_internal"
         } else {
             "SSL_read, SSL_write (+_ex)"
