@@ -18,7 +18,14 @@ PACKAGES=(
   dnsmasq-base bind9-dnsutils
   # packet loss and reordering for the L7 tests (this kernel has no sch_netem: iptables NFQUEUE)
   iptables
+  # a Python venv for the PyPI tools below
+  python3-venv
 )
+
+# From PyPI, in their own venv: kubernetes-validate checks the install manifests offline
+# against the official Kubernetes schemas (the tests call it at this path).
+TOOLS_VENV=/opt/podtap-tools
+KUBERNETES_VALIDATE=1.37.0
 
 if [ "$(id -u)" != 0 ]; then
   echo "install-deps.sh: run as root (it installs Debian packages)" >&2
@@ -53,4 +60,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
       update-rc.d nginx disable >/dev/null 2>&1 || true
     fi
   fi
+fi
+
+if ! "$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE"; then
+  echo "install-deps.sh: installing kubernetes-validate $KUBERNETES_VALIDATE in $TOOLS_VENV"
+  /usr/bin/python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi

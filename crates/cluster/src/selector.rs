@@ -223,6 +223,76 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
+    /// Builds a selector from the API's structured form (`matchLabels`, and
+    /// `matchExpressions` of key, operator `In`/`NotIn`/`Exists`/`DoesNotExist`, values), with
+    /// the same key and value rules as [`LabelSelector::parse`]. Returns every problem, each
+    /// naming the field it is in (`matchLabels[KEY]`, `matchExpressions[I]`).
+    pub fn from_api<'a>(
+        match_labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+        match_expressions: impl IntoIterator<Item = (&'a str, &'a str, &'a [String])>,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut requirements = Vec::new();
+        for (key, value) in match_labels {
+            let at = format!("matchLabels[{key}]");
+            if let Err(why) = validate_key(key) {
+                problems.push(format!("{at}: invalid label key {key:?}: {why}"));
+            }
+            if let Err(why) = validate_value(value) {
+                problems.push(format!("{at}: invalid label value {value:?}: {why}"));
+            }
+            requirements.push(Requirement {
+                key: key.to_string(),
+                operator: Operator::Equals,
+                values: vec![value.to_string()],
+            });
+        }
+        for (i, (key, operator, values)) in match_expressions.into_iter().enumerate() {
+            let at = format!("matchExpressions[{i}]");
+            if let Err(why) = validate_key(key) {
+                problems.push(format!("{at}: invalid label key {key:?}: {why}"));
+            }
+            let operator = match operator {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => {
+                    problems.push(format!(
+                        "{at}: operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                    ));
+                    continue;
+                }
+            };
+            let wants_values = matches!(operator, Operator::In | Operator::NotIn);
+            if wants_values && values.is_empty() {
+                problems.push(format!("{at}: {operator:?} needs at least one value"));
+            }
+            if !wants_values && !values.is_empty() {
+                problems.push(format!("{at}: {operator:?} takes no values"));
+            }
+            for v in values {
+                if let Err(why) = validate_value(v) {
+                    problems.push(format!("{at}: invalid label value {v:?}: {why}"));
+                }
+            }
+            // As the parser keeps them: sorted, once each.
+            let mut values = values.to_vec();
+            values.sort();
+            values.dedup();
+            requirements.push(Requirement {
+                key: key.to_string(),
+                operator,
+                values,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector { requirements })
+    }
+
     /// The selector that selects everything (the empty selector).
     pub fn everything() -> Self {
         LabelSelector::default()
@@ -947,6 +1017,40 @@ mod tests {
             ),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn the_api_form_selects_like_the_string_form_and_lists_every_problem() {
+        let values = ["web".to_string(), "api".to_string()];
+        let none: [String; 0] = [];
+        let api = LabelSelector::from_api(
+            [("team", "shop")],
+            [
+                ("tier", "In", &values[..]),
+                ("canary", "DoesNotExist", &none[..]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(api, sel("team=shop,tier in (web,api),!canary"));
+        assert!(LabelSelector::from_api([], []).unwrap().is_everything());
+
+        let bad = ["-x".to_string()];
+        let problems = LabelSelector::from_api(
+            [("bad key!", "ok"), ("app", "not ok!")],
+            [
+                ("tier", "Gt", &bad[..]),
+                ("tier", "In", &none[..]),
+                ("tier", "Exists", &bad[..]),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert!(problems[0].starts_with("matchLabels[bad key!]: invalid label key"));
+        assert!(problems[1].starts_with("matchLabels[app]: invalid label value"));
+        assert!(problems[2].contains("matchExpressions[0]: operator \"Gt\""));
+        assert!(problems[3].contains("matchExpressions[1]: In needs at least one value"));
+        assert!(problems[4].contains("matchExpressions[2]: Exists takes no values"));
+        assert!(problems[5].contains("matchExpressions[2]: invalid label value \"-x\""));
     }
 
     #[test]

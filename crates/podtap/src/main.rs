@@ -32,6 +32,8 @@ enum Command {
     Broker(broker_cmd::BrokerArgs),
     /// Show the call records and anomalies a broker's `calls` output stored.
     Calls(calls_cmd::CallsArgs),
+    /// Print the TapPolicy CustomResourceDefinition (YAML, for `kubectl apply -f -`).
+    Crd,
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +51,10 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent_cmd::run(args),
         Command::Broker(args) => broker_cmd::run(args),
         Command::Calls(args) => calls_cmd::run(args),
+        Command::Crd => {
+            print!("{}", podtap_api::crd_yaml());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

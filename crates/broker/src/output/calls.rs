@@ -52,19 +52,15 @@ pub struct CallsConfig {
 }
 
 impl CallsConfig {
-    /// Every problem with the settings.
+    /// Every problem with the settings (the files' directories are created when the output
+    /// opens, like the `pcap` output's).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for (name, path) in [("store", &self.store), ("json", &self.json)] {
             if let Some(path) = path
-                && let Some(dir) = path.parent()
-                && !dir.as_os_str().is_empty()
-                && !dir.is_dir()
+                && (path.as_os_str().is_empty() || path.file_name().is_none())
             {
-                p.push(format!(
-                    "{name}: directory {} does not exist",
-                    dir.display()
-                ));
+                p.push(format!("{name}: {} names no file", path.display()));
             }
         }
         p
@@ -105,6 +101,14 @@ pub enum CallsError {
     /// The store could not be opened or written.
     #[error(transparent)]
     Store(#[from] podtap_l7::store::StoreError),
+    /// The directory of the store or the JSON-lines file could not be created.
+    #[error("creating directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The JSON-lines file could not be opened or written.
     #[error("{path}: {source}")]
     Json {
@@ -118,6 +122,16 @@ pub enum CallsError {
 impl CallsOutput {
     /// Opens the store and the JSON file.
     pub fn new(cfg: &CallsConfig) -> Result<CallsOutput, CallsError> {
+        for path in [&cfg.store, &cfg.json].into_iter().flatten() {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|source| CallsError::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
         let store = match &cfg.store {
             Some(path) => Some(CallStore::open(path, cfg.retention.clone())?),
             None => None,
