@@ -169,8 +169,8 @@ fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     address.checked_sub(section.address())?.checked_add(start)
 }
 
-/// The target of the first direct near call in `code` (decoded from `ip`), before any return
-/// or indirect jump ends the straight-line start of the function.
+/// The target of the first direct near call or tail jump in `code` (decoded from `ip`), before
+/// any return or indirect jump ends the straight-line start of the function.
 fn first_call_target(code: &[u8], ip: u64) -> Option<u64> {
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut insn = Instruction::default();
@@ -181,6 +181,14 @@ fn first_call_target(code: &[u8], ip: u64) -> Option<u64> {
         }
         match insn.flow_control() {
             FlowControl::Call if matches!(insn.code(), Code::Call_rel32_64) => {
+                return Some(insn.near_branch_target());
+            }
+            // A tail call (`SSL_read_ex` built as `jmp ssl_read_internal`). A jump inside the
+            // function would give a target its sibling does not share: the caller's agreement
+            // check then refuses the placement.
+            FlowControl::UnconditionalBranch
+                if matches!(insn.code(), Code::Jmp_rel32_64 | Code::Jmp_rel8_64) =>
+            {
                 return Some(insn.near_branch_target());
             }
             FlowControl::Return | FlowControl::IndirectBranch | FlowControl::IndirectCall => {
@@ -228,6 +236,11 @@ mod tests {
             0x85, 0xc0, // test %eax,%eax
         ];
         assert_eq!(first_call_target(&code, 0x35430), Some(0x35290));
+        // A tail call: its target.
+        assert_eq!(
+            first_call_target(&[0xe9, 0x00, 0x01, 0x00, 0x00], 0x2000),
+            Some(0x2105)
+        );
         // A return before any call: nothing.
         assert_eq!(first_call_target(&[0x31, 0xc0, 0xc3], 0x1000), None);
         // Garbage: nothing.
