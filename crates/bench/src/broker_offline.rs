@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use crate::bench_lab::{self, require_program};
 use crate::capture_digest::{self, CaptureDigest};
 use crate::flow_collector::{FlowCollector, FlowTotals};
-use crate::measure::{self, Measured};
+use crate::measure::{self, Measured, median};
 use crate::synth::{self, SynthSpec, SynthSummary};
 
 /// Longest any single tool run may take.
@@ -540,19 +540,6 @@ fn run_rounds(ctx: &Inputs, jobs: &[Job], repeat: u32) -> anyhow::Result<Vec<Job
             }
         })
         .collect())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// Runs one job once: its command, measured, then what it produced.

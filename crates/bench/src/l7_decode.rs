@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::bench_lab::{self, require_program};
 use crate::l7_synth::{self, CallTally, GRPC_PORT, H2C_PORT, L7Protocol, L7Spec, L7Truth};
-use crate::measure::{self, Measured};
+use crate::measure::{self, Measured, median};
 
 /// Longest any single tool run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -540,19 +540,6 @@ fn run_rounds(ctx: &Inputs, repeat: u32) -> anyhow::Result<Vec<ToolSummary>> {
         });
     }
     Ok(out)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// The checks: (what, passed, differences shown when it failed).

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::bench_lab::{self, BenchLab};
 use crate::cpu::{CpuUse, CpuWindow};
 use crate::iperf::{self, IperfResult, IperfServer, Workload};
+use crate::measure::median;
 use crate::tap::{RunningTap, Scenario, TapSummary};
 
 /// UDP payload of the flood: 22 bytes make a 64-byte frame on the veth (14 Ethernet + 20 IPv4
@@ -123,20 +124,6 @@ struct Medians {
     dropped: f64,
     lost_share: f64,
     file_bytes: f64,
-}
-
-/// The median of some numbers (the mean of the middle two for an even count); 0 for none.
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }
 
 impl Medians {
@@ -555,13 +542,6 @@ fn print_report(args: &TapArgs, machine: &str, comparisons: &[Comparison]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(vec![]), 0.0);
-    }
 
     #[test]
     fn counts_format() {

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use crate::bench_lab;
 use crate::child::{Spawned, in_netns};
 use crate::cpu::{self, CpuWindow};
-use crate::measure;
+use crate::measure::{self, median};
 use crate::tap::TapTarget;
 
 /// Name of this benchmark's own lab (other benchmarks may run beside it on `bench`).
@@ -298,20 +298,6 @@ impl Run {
             "agent_dropped": self.agent.dropped,
             "decrypted": d,
         })
-    }
-}
-
-/// The median of some numbers (the mean of the middle two for an even count); 0 for none.
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
     }
 }
 
@@ -1260,13 +1246,6 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(vec![]), 0.0);
-    }
 
     #[test]
     fn reads_the_agents_summary() {

@@ -416,7 +416,7 @@ fn read_string(block: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> Result<(), H
 }
 
 /// The static table (RFC 7541 Appendix A); index 1 is the first element.
-const STATIC_TABLE: [(&str, &str); 61] = [
+pub const STATIC_TABLE: [(&str, &str); 61] = [
     (":authority", ""),
     (":method", "GET"),
     (":method", "POST"),
@@ -485,7 +485,7 @@ const STATIC_TABLE: [(&str, &str); 61] = [
 /// symbol order, and each length's first code follows the previous length's last one,
 /// shifted left. So the lengths alone define the table.
 #[rustfmt::skip]
-const HUFFMAN_CODE_LENGTHS: [u8; 257] = [
+pub const HUFFMAN_CODE_LENGTHS: [u8; 257] = [
     13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, // 0x00
     28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 28, // 0x10
      6, 10, 10, 12, 13,  6,  8, 11, 10, 10,  8, 11,  8,  6,  6,  6, // 0x20 ' '..'/'
@@ -508,8 +508,8 @@ const HUFFMAN_CODE_LENGTHS: [u8; 257] = [
 /// The EOS symbol.
 const EOS: u16 = 256;
 
-/// The canonical codes for [`HUFFMAN_CODE_LENGTHS`], right-aligned.
-fn huffman_codes() -> [u32; 257] {
+/// The canonical codes for [`HUFFMAN_CODE_LENGTHS`], right-aligned (what an encoder writes).
+pub fn huffman_codes() -> [u32; 257] {
     let mut codes = [0u32; 257];
     let mut code = 0u32;
     for len in 1..=30u8 {

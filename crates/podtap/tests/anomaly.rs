@@ -13,15 +13,14 @@
 //! (ticks at most `2 × TICK` apart); the first flush after an interval's end comes at most
 //! `FLUSH + 2 × TICK` after it, since the flush before it was earlier than that end.
 
+mod common;
+use common::RunningBroker;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use podtap_agent::{Agent, AgentConfig, SendMode, TunnelConfig};
-use podtap_broker::{Broker, BrokerConfig, BrokerStats};
 use podtap_cluster::{Cni, PodRef};
 use podtap_l7::anomaly::{Anomaly, AnomalyKind, Measure};
 use podtap_l7::call::Protocol;
@@ -73,50 +72,6 @@ fn now_ns() -> u64 {
 
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
-}
-
-/// A broker running in a lab host's namespace, on its own thread; stopped on drop.
-struct RunningBroker {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<BrokerStats>>,
-}
-
-impl RunningBroker {
-    fn start(netns: &str, yaml: &str) -> RunningBroker {
-        let config = BrokerConfig::parse(yaml, Path::new("anomaly.yaml")).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let netns = netns.to_string();
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            podtap_cluster::netns::enter(&netns).unwrap();
-            let mut broker = Broker::start(config).unwrap();
-            ready_tx.send(()).unwrap();
-            broker.run(&flag, None);
-            broker.finish()
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("broker started");
-        RunningBroker {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) -> BrokerStats {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for RunningBroker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
 }
 
 /// Keeps the agent following its pods while waiting for `check` to give an answer (checked

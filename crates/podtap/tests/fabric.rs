@@ -4,16 +4,18 @@
 //! the clients' counts, tshark's decode of the tunnels, nfcapd/nfdump for flow export), and bad
 //! input on the broker's ports is counted, never fatal.
 
+mod common;
+use common::RunningBroker;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use podtap_agent::{Agent, AgentConfig, SendMode, TunnelConfig};
-use podtap_broker::{Broker, BrokerConfig, BrokerStats};
+use podtap_broker::{Broker, BrokerConfig};
 use podtap_cluster::{Cni, PodRef};
 use podtap_lab::{Lab, Traffic};
 use podtap_testkit::{Captured, Tcpdump, lab, read_pcapng};
@@ -21,52 +23,6 @@ use podtap_tunnel::{Oversize, TunnelEndpoint};
 
 const OUTBOUND: u32 = 2; // from the pod
 const INBOUND: u32 = 1; // to the pod
-
-/// A broker running in a lab host's namespace, on its own thread.
-struct RunningBroker {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<BrokerStats>>,
-}
-
-impl RunningBroker {
-    fn start(netns: &str, yaml: &str) -> RunningBroker {
-        let config = BrokerConfig::parse(yaml, Path::new("test.yaml")).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let netns = netns.to_string();
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            podtap_cluster::netns::enter(&netns).unwrap();
-            let mut broker = Broker::start(config).unwrap();
-            ready_tx.send(()).unwrap();
-            broker.run(&flag, None);
-            broker.finish()
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("broker started");
-        RunningBroker {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) -> BrokerStats {
-        // Let the last datagrams arrive, then finish.
-        std::thread::sleep(Duration::from_millis(300));
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for RunningBroker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
 
 fn drive(lab: &Lab, from: &str, to: &str, t: Traffic) {
     let r = lab

@@ -1178,6 +1178,26 @@ impl Finished {
     }
 }
 
+/// Threads reading a child's piped stdout and stderr to the end (so it never blocks on a full
+/// pipe), each giving the text.
+fn drain_output(
+    child: &mut Child,
+) -> (
+    std::thread::JoinHandle<String>,
+    std::thread::JoinHandle<String>,
+) {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    }
+    (drain(child.stdout.take()), drain(child.stderr.take()))
+}
+
 /// Runs `ip netns exec NETNS program args...` to completion (killed after `limit`) and fails
 /// unless it exits 0.
 fn run_in_netns(netns: &str, program: &str, args: &[String], limit: Duration) -> Result<Finished> {
@@ -1190,27 +1210,7 @@ fn run_in_netns(netns: &str, program: &str, args: &[String], limit: Duration) ->
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {program} in netns {netns}"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut text);
-            }
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let (stdout, stderr) = drain_output(&mut child);
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for the client")? {
@@ -1425,27 +1425,7 @@ impl PacedClient {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting the paced client in netns {netns}"))?;
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut text = Vec::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut text);
-                }
-                String::from_utf8_lossy(&text).into_owned()
-            })
-        };
-        let stdout = drain(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let stderr = drain(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
+        let (stdout, stderr) = drain_output(&mut child);
         Ok(PacedClient {
             stdin: child.stdin.take(),
             child,
