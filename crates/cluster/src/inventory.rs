@@ -103,8 +103,15 @@ pub struct Pod {
     pub node: String,
     /// The pod's IP address.
     pub ip: String,
-    /// The host-side veth of the pod's interface, in the node's network namespace.
+    /// The host-side veth of the pod's interface, in the node's network namespace. Empty when
+    /// not known to whoever wrote the inventory (the controller's Kubernetes view): the agent
+    /// then finds it from the pod's IP.
+    #[serde(default)]
     pub host_veth: String,
+    /// The pod uses the node's network namespace (`hostNetwork: true`): it has no veth of its
+    /// own and cannot be tapped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
     /// The pod's own network namespace (`ip netns` name), where the lab knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
@@ -270,6 +277,7 @@ mod tests {
                 node: "node-1".into(),
                 ip: "10.244.1.2".into(),
                 host_veth: "cali0123456789a".into(),
+                host_network: false,
                 netns: Some("pt-lab-n1-p1".into()),
                 tap_id: Some(1),
             }],
@@ -287,6 +295,7 @@ mod tests {
             node: "n".into(),
             ip: "10.0.0.1".into(),
             host_veth: "v".into(),
+            host_network: false,
             netns: None,
             tap_id: Some(tap),
         };

@@ -1075,6 +1075,7 @@ mod tests {
             node: node.into(),
             ip: "10.0.0.1".into(),
             host_veth: format!("veth-{name}"),
+            host_network: false,
             netns: None,
             tap_id: None,
         };

@@ -451,6 +451,7 @@ impl Lab {
             node: node_name,
             ip: naming::pod_ip(node, slot).to_string(),
             host_veth,
+            host_network: false,
             netns: Some(pod_netns),
             tap_id: self.inventory.free_tap_id(),
         };
