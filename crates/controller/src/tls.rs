@@ -126,3 +126,39 @@ pub fn client_config(dir: &Path, role: &str) -> anyhow::Result<ClientTlsConfig> 
             read(dir, &format!("{role}.key"))?,
         )))
 }
+
+/// A connection to the controller at `url` (`https://HOST:PORT`) as `role` (agent or broker).
+pub async fn connect(
+    url: &str,
+    dir: &Path,
+    role: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("controller address {url:?}"))?
+        .tls_config(client_config(dir, role)?)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the controller at {url}"))
+}
+
+/// Serves the fabric API with mutual TLS on `listener` until `stop` resolves.
+pub async fn serve(
+    service: crate::proto::fabric_server::FabricServer<crate::fabric::Fabric>,
+    listener: tokio::net::TcpListener,
+    dir: &Path,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .tls_config(server_config(dir)?)?
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
+        .await?;
+    Ok(())
+}

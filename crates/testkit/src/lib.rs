@@ -15,6 +15,7 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use podtap_cluster::{Cni, Pod, PodRef};
 use podtap_lab::{Lab, LabGuard, LabSpec};
 
+pub mod apiserver;
 pub mod apps;
 
 /// A lab for one test: named `ta{tag}{pid}`, state in a temp dir, removed on drop.
