@@ -11,6 +11,7 @@
 
 pub mod controller;
 pub mod fabric;
+pub mod health;
 pub mod leader;
 pub mod plan;
 pub mod source;

@@ -1,9 +1,11 @@
 //! `podtap`: the command line. Subcommands: `demo` (the whole thing on a local lab), `lab`
-//! (the emulated cluster), `agent` (the tap), `broker` (the packet broker).
+//! (the emulated cluster), `agent` (the tap), `broker` (the packet broker), `controller` (the
+//! fabric manager).
 
 mod agent_cmd;
 mod broker_cmd;
 mod calls_cmd;
+mod controller_cmd;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,10 @@ enum Command {
     Broker(broker_cmd::BrokerArgs),
     /// Show the call records and anomalies a broker's `calls` output stored.
     Calls(calls_cmd::CallsArgs),
+    /// The fabric manager: turn TapPolicies and pods into agents' taps and brokers' pipelines.
+    Controller(controller_cmd::ControllerArgs),
+    /// Write a CA and the controller's, agents' and brokers' certificates for the fabric API.
+    Certs(controller_cmd::CertsArgs),
     /// Print the TapPolicy CustomResourceDefinition (YAML, for `kubectl apply -f -`).
     Crd,
 }
@@ -51,6 +57,8 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent_cmd::run(args),
         Command::Broker(args) => broker_cmd::run(args),
         Command::Calls(args) => calls_cmd::run(args),
+        Command::Controller(args) => controller_cmd::run(args),
+        Command::Certs(args) => controller_cmd::certs(args),
         Command::Crd => {
             print!("{}", podtap_api::crd_yaml());
             Ok(())
