@@ -7,6 +7,7 @@ mod broker_cmd;
 mod calls_cmd;
 mod controller_cmd;
 mod demo;
+mod install_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Command {
     Certs(controller_cmd::CertsArgs),
     /// Print the TapPolicy CustomResourceDefinition (YAML, for `kubectl apply -f -`).
     Crd,
+    /// Print the manifests that run podtap on a cluster (CRD, RBAC, DaemonSet, Deployments).
+    Install(install_cmd::InstallArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Calls(args) => calls_cmd::run(args),
         Command::Controller(args) => controller_cmd::run(args),
         Command::Certs(args) => controller_cmd::certs(args),
+        Command::Install(args) => install_cmd::run(args),
         Command::Crd => {
             print!("{}", podtap_api::crd_yaml());
             Ok(())
