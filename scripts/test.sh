@@ -8,6 +8,12 @@ scripts/install-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# rustls must have one crypto provider (ring): with aws-lc-rs in the graph too, tonic's server
+# and kube's client cannot pick one and panic at run time, not at build time.
+if cargo tree --locked -i aws-lc-rs >/dev/null 2>&1; then
+  echo "test.sh: aws-lc-rs is in the dependency graph (keep rustls on ring only): cargo tree -i aws-lc-rs" >&2
+  exit 1
+fi
 log=$(mktemp)
 set +e
 cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log"

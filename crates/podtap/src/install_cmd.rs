@@ -71,15 +71,17 @@ fn tls_volume(role: &str) -> (Value, Value) {
 pub fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<Value>> {
     let ns = args.namespace.as_str();
     let controller_url = format!("https://{CONTROLLER}.{ns}.svc:{FABRIC_PORT}");
-    let resources = |cpu: &str, mem: &str, mem_limit: &str| {
-        json!({"requests": {"cpu": cpu, "memory": mem}, "limits": {"memory": mem_limit}})
-    };
+    let resources = |cpu: &str, mem: &str, mem_limit: &str| json!({"requests": {"cpu": cpu, "memory": mem}, "limits": {"memory": mem_limit}});
     let crd: Value = serde_yaml_ng::from_str(&podtap_api::crd_yaml()).context("the CRD")?;
     let mut docs = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels("namespace")}}),
         crd,
     ];
-    for (name, component) in [(CONTROLLER, "controller"), (AGENT, "agent"), (BROKER, "broker")] {
+    for (name, component) in [
+        (CONTROLLER, "controller"),
+        (AGENT, "agent"),
+        (BROKER, "broker"),
+    ] {
         docs.push(json!({
             "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, Some(ns), component),
             // Only the controller talks to the Kubernetes API.

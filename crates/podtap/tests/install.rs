@@ -108,9 +108,10 @@ fn permissions_are_least_privilege() {
     }
     // Every container drops all capabilities, adds only what docs/install.md explains, and
     // runs with a read-only root file system.
-    let install_doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/install.md"))
-            .unwrap();
+    let install_doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/install.md"),
+    )
+    .unwrap();
     for (kind, name) in [
         ("Deployment", "podtap-controller"),
         ("DaemonSet", "podtap-agent"),
@@ -118,10 +119,17 @@ fn permissions_are_least_privilege() {
     ] {
         let c = &find(&d, kind, name)["spec"]["template"]["spec"]["containers"][0];
         let sc = &c["securityContext"];
-        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{name}"
+        );
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
-        assert!(c["resources"]["requests"].is_object(), "{name} has requests");
+        assert!(
+            c["resources"]["requests"].is_object(),
+            "{name} has requests"
+        );
         for cap in sc["capabilities"]["add"].as_array().unwrap() {
             let cap = cap.as_str().unwrap();
             assert!(
@@ -161,5 +169,8 @@ fn certs_are_fresh_per_install_and_fit_the_roles() {
     assert_ne!(key(&a), key(&b), "every install gets its own CA and keys");
     let agent = &find(&a, "Secret", "podtap-tls-agent")["stringData"];
     assert!(agent["agent.key"].as_str().unwrap().contains("PRIVATE KEY"));
-    assert!(agent.get("controller.key").is_none(), "an agent gets only its own key");
+    assert!(
+        agent.get("controller.key").is_none(),
+        "an agent gets only its own key"
+    );
 }

@@ -128,13 +128,14 @@ impl FileSource {
         true
     }
 
-    /// Waits until a file changed (polled twice a second).
+    /// Waits until a file changed: looks at once, then twice a second (the loop may drop this
+    /// future for another event at any time, so the look comes first).
     pub async fn changed(&mut self) {
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
             if self.poll() {
                 return;
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
