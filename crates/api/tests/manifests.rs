@@ -7,10 +7,7 @@ use std::process::Command;
 
 use podtap_api::TapPolicy;
 
-const KUBERNETES_VALIDATE: &str = "/opt/podtap-tools/bin/kubernetes-validate";
 const TOOLS_PYTHON: &str = "/opt/podtap-tools/bin/python";
-/// The oldest Kubernetes podtap supports (k8s-openapi's `v1_34` feature).
-const KUBERNETES_VERSION: &str = "1.34";
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
@@ -29,17 +26,8 @@ fn examples() -> Vec<PathBuf> {
 
 #[test]
 fn the_crd_passes_kubernetes_validate() {
-    let out = Command::new(KUBERNETES_VALIDATE)
-        .args(["--strict", "-k", KUBERNETES_VERSION])
-        .arg(deploy().join("crd.yaml"))
-        .output()
-        .unwrap_or_else(|e| panic!("{KUBERNETES_VALIDATE}: {e} (run scripts/install-deps.sh)"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = podtap_testkit::kubernetes_validate(&deploy().join("crd.yaml"));
+    assert!(ok, "{text}");
     assert!(
         text.contains("passed for resource customresourcedefinition/tappolicies.podtap.io"),
         "{text}"

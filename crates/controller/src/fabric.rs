@@ -409,6 +409,42 @@ enum Kind {
     Broker,
 }
 
+/// A session's first report (it names the member).
+async fn first_report<R>(inbound: &mut Streaming<R>) -> Result<R, Status> {
+    inbound
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("the stream ended before the first report"))
+}
+
+impl Fabric {
+    /// Takes a member's further reports until its stream ends; reports naming another member
+    /// are ignored.
+    fn follow<R: Send + 'static>(
+        &self,
+        kind: Kind,
+        name: String,
+        session: u64,
+        mut inbound: Streaming<R>,
+        name_of: fn(&R) -> &String,
+        report: fn(&Fabric, u64, R),
+    ) {
+        let fabric = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(r)) if *name_of(&r) == name => report(&fabric, session, r),
+                    Ok(Some(r)) => {
+                        tracing::warn!("{kind:?} {name} reported as {:?}: ignored", name_of(&r));
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            fabric.session_closed(kind, &name, session);
+        });
+    }
+}
+
 type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -422,10 +458,7 @@ impl fabric_server::Fabric for Fabric {
     ) -> Result<Response<Self::AgentSessionStream>, Status> {
         let session = self.new_session()?;
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before the first report"))?;
+        let first = first_report(&mut inbound).await?;
         if first.node.is_empty() {
             return Err(Status::invalid_argument(
                 "the first report must name the node",
@@ -448,19 +481,14 @@ impl fabric_server::Fabric for Fabric {
                 .subscribe()
         };
         self.agent_report(session, first);
-        let fabric = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(r)) if r.node == node => fabric.agent_report(session, r),
-                    Ok(Some(r)) => {
-                        tracing::warn!("agent of {node} reported as {:?}: ignored", r.node);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            fabric.session_closed(Kind::Agent, &node, session);
-        });
+        self.follow(
+            Kind::Agent,
+            node,
+            session,
+            inbound,
+            |r| &r.node,
+            Fabric::agent_report,
+        );
         let out = WatchStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
     }
@@ -471,10 +499,7 @@ impl fabric_server::Fabric for Fabric {
     ) -> Result<Response<Self::BrokerSessionStream>, Status> {
         let session = self.new_session()?;
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before the first report"))?;
+        let first = first_report(&mut inbound).await?;
         if first.name.is_empty() || first.endpoint.is_empty() {
             return Err(Status::invalid_argument(
                 "the first report must give the broker's name and tunnel endpoint",
@@ -484,19 +509,14 @@ impl fabric_server::Fabric for Fabric {
         tracing::info!("broker {name} ({}): connected", first.endpoint);
         let rx = self.state().broker_policies.subscribe();
         self.broker_report(session, first);
-        let fabric = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(r)) if r.name == name => fabric.broker_report(session, r),
-                    Ok(Some(r)) => {
-                        tracing::warn!("broker {name} reported as {:?}: ignored", r.name)
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            fabric.session_closed(Kind::Broker, &name, session);
-        });
+        self.follow(
+            Kind::Broker,
+            name,
+            session,
+            inbound,
+            |r| &r.name,
+            Fabric::broker_report,
+        );
         let out = WatchStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
     }

@@ -9,6 +9,7 @@
 //! ([`broker_table`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 
 use podtap_api::{Direction, TapPolicySpec};
 use podtap_cluster::selector::PodSelection;
@@ -199,10 +200,7 @@ impl Planner {
                 continue;
             }
             let used: BTreeSet<u32> = self.vnis.values().copied().collect();
-            let wanted = p
-                .vni
-                .filter(|v| (1..=MAX_VNI).contains(v) && !used.contains(v));
-            if let Some(vni) = wanted.or_else(|| (1..=MAX_VNI).find(|v| !used.contains(v))) {
+            if let Some(vni) = allocate(p.vni, 1..=MAX_VNI, &used) {
                 self.vnis.insert(p.name.clone(), vni);
             }
         }
@@ -218,14 +216,22 @@ impl Planner {
                 continue;
             }
             let used: BTreeSet<u16> = self.tap_ids.values().copied().collect();
-            let wanted = pod
-                .tap_id
-                .filter(|t| (1..=MAX_TAP_ID).contains(t) && !used.contains(t));
-            if let Some(id) = wanted.or_else(|| (1..=MAX_TAP_ID).find(|t| !used.contains(t))) {
+            if let Some(id) = allocate(pod.tap_id, 1..=MAX_TAP_ID, &used) {
                 self.tap_ids.insert(key, id);
             }
         }
     }
+}
+
+/// `wanted` if it is in `range` and unused, else the lowest unused value of `range`.
+fn allocate<T>(wanted: Option<T>, range: RangeInclusive<T>, used: &BTreeSet<T>) -> Option<T>
+where
+    T: Copy + Ord,
+    RangeInclusive<T>: Iterator<Item = T>,
+{
+    wanted
+        .filter(|v| range.contains(v) && !used.contains(v))
+        .or_else(|| range.clone().find(|v| !used.contains(v)))
 }
 
 fn policy_tap(name: &str, vni: u32, spec: &TapPolicySpec) -> proto::PolicyTap {

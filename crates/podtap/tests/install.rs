@@ -7,9 +7,6 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const KUBERNETES_VALIDATE: &str = "/opt/podtap-tools/bin/kubernetes-validate";
-const KUBERNETES_VERSION: &str = "1.34";
-
 fn podtap(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_podtap"))
         .args(args)
@@ -41,17 +38,8 @@ fn the_manifests_pass_kubernetes_validate_strict() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("install.yaml");
     std::fs::write(&path, podtap(&["install"])).unwrap();
-    let out = Command::new(KUBERNETES_VALIDATE)
-        .args(["--strict", "-k", KUBERNETES_VERSION])
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| panic!("{KUBERNETES_VALIDATE}: {e} (run scripts/install-deps.sh)"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = podtap_testkit::kubernetes_validate(&path);
+    assert!(ok, "{text}");
     for resource in [
         "namespace/podtap-system",
         "customresourcedefinition/tappolicies.podtap.io",

@@ -349,3 +349,24 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(std::cell::Cell::get)
 }
+
+/// kubernetes-validate from PyPI (scripts/install-deps.sh puts it in this venv).
+pub const KUBERNETES_VALIDATE: &str = "/opt/podtap-tools/bin/kubernetes-validate";
+/// The oldest Kubernetes podtap supports (k8s-openapi's `v1_34` feature).
+pub const KUBERNETES_VERSION: &str = "1.34";
+
+/// Runs `kubernetes-validate --strict -k 1.34 PATH` (offline: the schemas ship in the
+/// package): whether it passed, and everything it printed.
+pub fn kubernetes_validate(path: &Path) -> (bool, String) {
+    let out = std::process::Command::new(KUBERNETES_VALIDATE)
+        .args(["--strict", "-k", KUBERNETES_VERSION])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("{KUBERNETES_VALIDATE}: {e} (run scripts/install-deps.sh)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
