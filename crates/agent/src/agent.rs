@@ -247,7 +247,11 @@ impl Agent {
             return Err(AgentError::PodsElsewhere { pods: elsewhere });
         }
 
-        let missing = missing_capabilities();
+        let enters_namespaces = inventory
+            .nodes
+            .iter()
+            .any(|n| node_names.contains(&n.name) && n.netns.is_some());
+        let missing = missing_capabilities(enters_namespaces);
         if !missing.is_empty() {
             return Err(AgentError::Unsupported { missing });
         }
@@ -762,8 +766,9 @@ pub fn missing_kernel_features(features: &KernelFeatures) -> Vec<String> {
     missing
 }
 
-/// Capabilities the agent needs and lacks (from /proc/self/status).
-pub fn missing_capabilities() -> Vec<String> {
+/// Capabilities the agent needs and lacks (from /proc/self/status). CAP_SYS_ADMIN only when
+/// it must enter node namespaces (the lab); on a real node it runs in the node's own.
+pub fn missing_capabilities(enters_namespaces: bool) -> Vec<String> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return Vec::new();
     };
@@ -789,7 +794,7 @@ pub fn missing_capabilities() -> Vec<String> {
     if !has(NET_ADMIN) {
         missing.push("CAP_NET_ADMIN (to attach to veths)".to_string());
     }
-    if !has(SYS_ADMIN) {
+    if enters_namespaces && !has(SYS_ADMIN) {
         missing.push("CAP_SYS_ADMIN (to enter the node's network namespace)".to_string());
     }
     if !missing.is_empty() {

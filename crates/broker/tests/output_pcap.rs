@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use etherparse::PacketBuilder;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
@@ -447,10 +446,9 @@ fn pcap_file_reads_interfaces_directions_and_lengths() {
 fn tshark_reads_count_interface_names_and_directions() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_sample(dir.path());
-    let output = Command::new("tshark")
-        .arg("-r")
-        .arg(&file)
-        .args([
+    let lines = podtap_testkit::tshark(
+        &file,
+        &[
             "-T",
             "fields",
             "-E",
@@ -465,21 +463,8 @@ fn tshark_reads_count_interface_names_and_directions() {
             "frame.cap_len",
             "-e",
             "udp.dstport",
-        ])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("tshark could not be run ({e}): install it with scripts/install-deps.sh")
-        });
-    assert!(
-        output.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
-    let lines: Vec<String> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
     // Direction: 1 = inbound (to the pod), 2 = outbound (from the pod), empty = not given.
     assert_eq!(
         lines,

@@ -564,9 +564,9 @@ fn filter_verdicts_and_reasons() {
 
 #[test]
 fn filter_counts_match_tcpdump() {
+    // Ground truth: fail, never skip, without it.
     if Command::new("tcpdump").arg("--version").output().is_err() {
-        eprintln!("tcpdump not installed: skipping");
-        return;
+        panic!("tcpdump is not installed (run scripts/install-deps.sh)");
     }
     let frames = filter_corpus();
     let dir = tempfile::tempdir().unwrap();

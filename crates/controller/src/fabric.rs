@@ -263,12 +263,8 @@ impl Fabric {
             };
             agents.insert(node.clone(), h);
         }
-        let brokers = st
-            .brokers
-            .iter()
-            .filter(|(_, b)| b.live.state(now, &t) == AgentState::Connected)
-            .map(|(n, _)| n.clone())
-            .collect();
+        drop(st);
+        let brokers = self.live_brokers(now).into_iter().map(|b| b.name).collect();
         Health {
             agents,
             brokers,
@@ -276,7 +272,7 @@ impl Fabric {
         }
     }
 
-    /// The states of every agent and broker that ever connected (for logs and `/status`).
+    /// The states of every agent and broker that ever connected (for `/members`).
     pub fn members(&self, now: Instant) -> Vec<(String, &'static str, AgentState)> {
         let t = self.inner.timing;
         let st = self.state();
@@ -305,7 +301,7 @@ impl Fabric {
                 report: proto::AgentReport::default(),
                 drops: BTreeMap::new(),
             });
-        if entry.live.session != Some(session) && entry.live.session.is_some_and(|s| s > session) {
+        if entry.live.session.is_some_and(|s| s > session) {
             return; // a newer session of the same node took over
         }
         entry.live = Liveness {
@@ -342,7 +338,7 @@ impl Fabric {
                 report: proto::BrokerReport::default(),
             });
         if entry.live.session.is_some_and(|s| s > session) {
-            return;
+            return; // a newer session of the same broker took over
         }
         entry.live = Liveness {
             session: Some(session),

@@ -224,7 +224,7 @@ async fn broker(f: &Fixture, name: &str) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(16);
     let report = proto::BrokerReport {
         name: name.into(),
-        endpoint: format!("vxlan://10.0.0.{}", name.len()),
+        endpoint: format!("vxlan://{name}.brokers.test"),
         ..Default::default()
     };
     tx.send(report.clone()).await.unwrap();
@@ -286,7 +286,10 @@ async fn a_policy_becomes_tap_sets_and_a_ready_status() {
     let vni = t1.policies[0].vni;
     assert_eq!(t1.pods[0].vnis, [vni]);
     assert_eq!(t1.pods[0].ip, "10.244.1.2");
-    assert_eq!(t1.brokers.as_ref().unwrap().brokers[0].name, "broker-0");
+    let table = t1.brokers.as_ref().unwrap();
+    assert_eq!(table.brokers[0].name, "broker-0");
+    assert_eq!(table.brokers[0].endpoint, "vxlan://broker-0.brokers.test");
+    assert!(table.slots.len() == 256 && table.slots.iter().all(|&s| s == 0));
     assert_eq!(t1.heartbeat_ms, 100);
     let t2 = n2
         .wait("node-2 tapping cart-2", |t| !t.pods.is_empty())
@@ -381,11 +384,18 @@ async fn tap_sets_follow_pods_as_they_come_and_go() {
         json!({"metadata": {"namespace": "shop", "name": "cart-4", "labels": {"app": "cart"}},
                "spec": {"nodeName": "node-2", "containers": []}, "status": {"phase": "Pending"}}),
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        Agent::pods(&n2.taps.borrow()),
+        ["shop/cart-2", "shop/cart-3"],
+        "a pod without an IP is not tapped"
+    );
     f.api.apply(
         Kind::Pod,
         pod("shop", "cart-4", "cart", "node-2", "10.244.2.4"),
     );
     n2.wait("cart-4 tapped", |t| t.pods.len() == 3).await;
+    status_where(&f, "carts", "matchedPods 4", |s| s["matchedPods"] == 4).await;
 
     f.api.delete(Kind::Pod, "shop", "cart-3");
     let t = n2.wait("cart-3 untapped", |t| t.pods.len() == 2).await;
@@ -645,6 +655,9 @@ async fn the_fabric_refuses_clients_without_a_podtap_certificate() {
         refused.is_err(),
         "a certificate from another CA got a session"
     );
+    // ... while the fabric does serve a client with the right one.
+    let mut ok = agent(&f, "node-1").await;
+    ok.wait("node-1's state", |t| t.heartbeat_ms == 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -627,8 +627,11 @@ impl Http1Decoder {
         }
     }
 
+    /// The exchange numbered `seq` (the queue stays in `seq` order: pushed at the back with
+    /// increasing numbers, removed anywhere).
     fn exchange(&mut self, seq: u64) -> Option<&mut Exchange> {
-        self.queue.iter_mut().rev().find(|x| x.seq == seq)
+        let i = self.queue.binary_search_by_key(&seq, |x| x.seq).ok()?;
+        self.queue.get_mut(i)
     }
 
     /// Runs one side's bytes through its state machine.

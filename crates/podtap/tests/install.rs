@@ -80,9 +80,14 @@ fn permissions_are_least_privilege() {
             assert_eq!(verbs, ["get", "list", "watch"], "{resources}");
         }
         assert!(!resources.contains("secrets"), "no Secret access");
+        assert!(!rule.to_string().contains('*'), "no wildcards: {rule}");
     }
     let lease = &find(&d, "Role", "podtap-controller")["rules"][0];
     assert_eq!(lease["resources"], serde_json::json!(["leases"]));
+    assert_eq!(
+        lease["verbs"],
+        serde_json::json!(["get", "create", "patch"])
+    );
     assert!(
         d.iter().all(|x| x["kind"] != "Secret"),
         "--no-certs leaves Secrets out"
@@ -161,4 +166,6 @@ fn certs_are_fresh_per_install_and_fit_the_roles() {
         agent.get("controller.key").is_none(),
         "an agent gets only its own key"
     );
+    let keys: Vec<&String> = agent.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["agent.crt", "agent.key", "ca.crt"], "and no CA key");
 }

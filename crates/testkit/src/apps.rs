@@ -761,6 +761,17 @@ pub struct Nghttpd {
 impl Nghttpd {
     /// Starts nghttpd in `netns` on `port`, docroot and log under `dir`.
     pub fn start(netns: &str, dir: &Path, cert: &TlsCert, port: u16) -> Result<Nghttpd> {
+        Nghttpd::start_with(netns, dir, Some(cert), port)
+    }
+
+    /// Starts nghttpd in `netns` on `port` without TLS (`--no-tls`): HTTP/2 cleartext with
+    /// prior knowledge (h2c, what `h2load http://...` speaks), the same docroot as
+    /// [`Nghttpd::start`], files under `dir`.
+    pub fn start_cleartext(netns: &str, dir: &Path, port: u16) -> Result<Nghttpd> {
+        Nghttpd::start_with(netns, dir, None, port)
+    }
+
+    fn start_with(netns: &str, dir: &Path, cert: Option<&TlsCert>, port: u16) -> Result<Nghttpd> {
         let dir = prepare_dir(dir)?;
         let docroot = dir.join("htdocs");
         std::fs::create_dir_all(&docroot)
@@ -771,21 +782,25 @@ impl Nghttpd {
         )?;
         write_file(&docroot.join("small.txt"), "podtap lab: small\n")?;
         write_file(&docroot.join("big.bin"), big_body())?;
-        let args = vec![
+        let mut args = vec![
             "--address=0.0.0.0".to_string(),
             format!("--htdocs={}", path_str(&docroot)?),
             port.to_string(),
-            path_str(&cert.key)?.to_string(),
-            path_str(&cert.cert)?.to_string(),
         ];
-        let process = ServerProcess::start(
-            "nghttpd",
-            netns,
-            "nghttpd",
-            &args,
-            dir.join("nghttpd.log"),
-            port,
-        )?;
+        match cert {
+            Some(cert) => {
+                args.push(path_str(&cert.key)?.to_string());
+                args.push(path_str(&cert.cert)?.to_string());
+            }
+            None => args.insert(0, "--no-tls".to_string()),
+        }
+        let name = if cert.is_some() {
+            "nghttpd"
+        } else {
+            "nghttpd (h2c)"
+        };
+        let process =
+            ServerProcess::start(name, netns, "nghttpd", &args, dir.join("nghttpd.log"), port)?;
         Ok(Nghttpd { process, port })
     }
 
@@ -1479,39 +1494,6 @@ impl Drop for PacedClient {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-impl Nghttpd {
-    /// Starts nghttpd in `netns` on `port` without TLS (`--no-tls`): HTTP/2 cleartext with
-    /// prior knowledge (h2c, what `h2load http://...` speaks), the same docroot as
-    /// [`Nghttpd::start`], files under `dir`.
-    pub fn start_cleartext(netns: &str, dir: &Path, port: u16) -> Result<Nghttpd> {
-        let dir = prepare_dir(dir)?;
-        let docroot = dir.join("htdocs");
-        std::fs::create_dir_all(&docroot)
-            .with_context(|| format!("creating {}", docroot.display()))?;
-        write_file(
-            &docroot.join("index.html"),
-            "<html><body>podtap lab nghttpd</body></html>\n",
-        )?;
-        write_file(&docroot.join("small.txt"), "podtap lab: small\n")?;
-        write_file(&docroot.join("big.bin"), big_body())?;
-        let args = vec![
-            "--no-tls".to_string(),
-            "--address=0.0.0.0".to_string(),
-            format!("--htdocs={}", path_str(&docroot)?),
-            port.to_string(),
-        ];
-        let process = ServerProcess::start(
-            "nghttpd (h2c)",
-            netns,
-            "nghttpd",
-            &args,
-            dir.join("nghttpd.log"),
-            port,
-        )?;
-        Ok(Nghttpd { process, port })
     }
 }
 

@@ -2,7 +2,7 @@
 //! nodes, namespaces and TapPolicies, turned into a [`View`]; statuses written back with
 //! server-side apply.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -113,14 +113,13 @@ impl KubeSource {
                 labels: ns.metadata.labels.clone().unwrap_or_default(),
             });
         }
-        let mut seen = BTreeSet::new();
-        for pod in self.pods.state() {
-            if let Some(p) = inventory_pod(&pod)
-                && seen.insert(p.key())
-            {
-                view.inventory.pods.push(p);
-            }
-        }
+        // The store holds one object per namespace/name.
+        view.inventory.pods = self
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| inventory_pod(p))
+            .collect();
         view.inventory
             .pods
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
