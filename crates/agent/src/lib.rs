@@ -7,11 +7,15 @@
 //! the inventory and the selection, and [`stats`] / [`metrics`] report what was counted.
 
 pub mod agent;
+pub mod discover;
+pub mod driven;
+pub mod flow;
 pub mod metrics;
 pub mod output;
 pub mod prefilter;
 pub mod program;
 pub mod reader;
+pub mod routes;
 pub mod stats;
 pub mod tls;
 pub mod tunnel;

@@ -9,6 +9,8 @@ use podtap_abi as abi;
 use podtap_cluster::PodRef;
 use podtap_tunnel::{SendCounters, TunnelSender};
 use podtap_wire::gso::Segmenter;
+
+use crate::routes::Routes;
 use podtap_wire::pcapng::{Direction, InterfaceDescription, PcapngWriter};
 
 /// What the agent does with GSO super-packets (skbs of up to 64 KiB that the veth carries as
@@ -92,6 +94,9 @@ pub struct Output {
     tunnels: Vec<Option<TunnelSender>>,
     /// The decrypted view of each probed pod, by tap id.
     decrypted: HashMap<u16, Decrypted, foldhash::fast::FixedState>,
+    /// Per-flow brokers and per-pod policies, when the controller drives the agent (instead
+    /// of `tunnels`).
+    routes: Option<Routes>,
 }
 
 /// A pod's decrypted view: its own pcapng interface, `namespace/pod (decrypted)`.
@@ -125,6 +130,7 @@ impl Output {
             retired: Vec::new(),
             tunnels: Vec::new(),
             decrypted: HashMap::default(),
+            routes: None,
         })
     }
 
@@ -135,6 +141,21 @@ impl Output {
             self.tunnels.resize_with(i + 1, || None);
         }
         self.tunnels[i] = sender;
+    }
+
+    /// Sends copies by [`Routes`] (the controller's broker table and policies) from now on.
+    pub fn set_routes(&mut self, routes: Routes) {
+        self.routes = Some(routes);
+    }
+
+    /// The routes, when set.
+    pub fn routes_mut(&mut self) -> Option<&mut Routes> {
+        self.routes.as_mut()
+    }
+
+    /// The routes, when set.
+    pub fn routes(&self) -> Option<&Routes> {
+        self.routes.as_ref()
     }
 
     /// What the tunnel of each node sent and lost, summed.
@@ -238,6 +259,7 @@ impl Output {
         {
             t.send(tap_id | podtap_wire::vxlan::DECRYPTED, to_pod, frame);
         }
+
         let ts = (i128::from(timestamp_ns) + self.clock_offset_ns).max(0) as u64;
         let direction = if to_pod {
             Direction::Inbound
@@ -288,6 +310,7 @@ impl Output {
             .tunnels
             .get_mut(usize::from(node))
             .and_then(Option::as_mut);
+        let mut routes = self.routes.as_mut();
 
         let whole = rec.captured_len == rec.packet_len;
         if rec.gso_segs > 1 && self.gso == GsoMode::Segment && whole {
@@ -298,6 +321,9 @@ impl Output {
                 counters.bytes += seg.len() as u64;
                 if let Some(t) = tunnel.as_mut() {
                     t.send(tap_id, to_pod, &seg[..seg.len().min(snap)]);
+                }
+                if let Some(r) = routes.as_mut() {
+                    r.send(tap_id, to_pod, &seg[..seg.len().min(snap)]);
                 }
                 if let Some(w) = writer.as_mut()
                     && write_error.is_none()
@@ -328,6 +354,9 @@ impl Output {
         counters.bytes += u64::from(rec.packet_len);
         if let Some(t) = tunnel {
             t.send(tap_id, to_pod, &data[..data.len().min(snap)]);
+        }
+        if let Some(r) = routes {
+            r.send(tap_id, to_pod, &data[..data.len().min(snap)]);
         }
         if let Some(w) = self.writer.as_mut()
             && self.write_error.is_none()

@@ -15,6 +15,7 @@ pub mod policy;
 
 pub use policy::{
     AgentState, Direction, NodeTapState, TapPolicy, TapPolicySpec, TapPolicyStatus, UntappablePod,
+    broker_policy,
 };
 
 use kube::CustomResourceExt;

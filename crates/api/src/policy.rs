@@ -166,6 +166,31 @@ struct PipelineSpec {
     outputs: Vec<OutputConfig>,
 }
 
+/// The broker's configuration of the policy `name` with the controller's `vni`, from the
+/// pipeline as the fabric carries it (JSON). The GRE policy key is the VNI too (the
+/// controller keeps VNIs within 16 bits). `Err` lists every problem.
+pub fn broker_policy(
+    name: &str,
+    vni: u32,
+    pipeline_json: &str,
+) -> Result<PolicyConfig, Vec<String>> {
+    let pipeline: PipelineSpec =
+        serde_json::from_str(pipeline_json).map_err(|e| vec![format!("pipeline: {e}")])?;
+    let policy = PolicyConfig {
+        name: name.to_string(),
+        vni: Some(vni),
+        gre_key: u16::try_from(vni).ok(),
+        stages: pipeline.stages,
+        outputs: pipeline.outputs,
+    };
+    let problems = policy.problems();
+    if problems.is_empty() {
+        Ok(policy)
+    } else {
+        Err(problems)
+    }
+}
+
 impl TapPolicySpec {
     /// Every problem of the policy named `name`, each prefixed with its field
     /// (`spec.podSelector.matchLabels[app]: ...`). Empty: valid.

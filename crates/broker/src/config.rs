@@ -148,7 +148,12 @@ impl BrokerConfig {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let problems = cfg.problems();
+        let mut problems = cfg.problems();
+        if cfg.policies.is_empty() {
+            // A configuration file with nothing in it is a mistake; a broker driven by the
+            // controller starts with no policy and gets them over the fabric.
+            problems.insert(0, "policies: at least one policy is needed".to_string());
+        }
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -162,9 +167,6 @@ impl BrokerConfig {
     /// Every problem in the configuration, each prefixed with where it is.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.policies.is_empty() {
-            problems.push("policies: at least one policy is needed".to_string());
-        }
         if self.listen.vxlan_port == 0 {
             problems.push("listen.vxlan_port: 0 is not a port".to_string());
         }

@@ -137,7 +137,11 @@ impl Fabric {
                     brokers: BTreeMap::new(),
                     nodes: BTreeMap::new(),
                     planned: BTreeMap::new(),
-                    broker_policies: watch::channel(proto::BrokerPolicies::default()).0,
+                    broker_policies: watch::channel(proto::BrokerPolicies {
+                        heartbeat_ms: timing.heartbeat.as_millis() as u32,
+                        ..Default::default()
+                    })
+                    .0,
                     next_session: 1,
                 }),
                 changed: Notify::new(),

@@ -7,12 +7,14 @@
 //! - [`fabric`]: where desired state leaves for agents and brokers (gRPC, mutual TLS), and
 //!   their heartbeats come back;
 //! - [`status`]: what is written on each policy;
-//! - [`controller`]: the loop that runs them, [`leader`]: which replica runs it.
+//! - [`controller`]: the loop that runs them, [`leader`]: which replica runs it;
+//! - [`member`]: the other end, how an agent or a broker keeps its session.
 
 pub mod controller;
 pub mod fabric;
 pub mod health;
 pub mod leader;
+pub mod member;
 pub mod plan;
 pub mod source;
 pub mod status;

@@ -16,12 +16,22 @@ use podtap_cluster::{LabelSelector, PodRef, PodSelection};
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Inventory file to read pods from (re-read when it changes).
-    #[arg(long, conflicts_with = "lab", required_unless_present = "lab")]
+    #[arg(long, conflicts_with_all = ["lab", "controller"], required_unless_present_any = ["lab", "controller"])]
     pub inventory: Option<PathBuf>,
     /// Use the inventory of this local lab.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "controller")]
     pub lab: Option<String>,
-    /// Node(s) to tap (repeatable); default: every node in the inventory.
+    /// Take what to tap from the controller at this address (`https://HOST:PORT`), for the
+    /// one node given with --node, instead of an inventory and flags. Copies go to the
+    /// brokers the controller assigns, per flow. Needs --tls-dir's certificates.
+    #[arg(long, conflicts_with_all = ["namespaces", "namespace_selector", "selector", "pods", "filter", "write", "tunnel", "vni", "gre_key", "decrypt"])]
+    pub controller: Option<String>,
+    /// The agent certificate, its key and the CA (`agent.crt`, `agent.key`, `ca.crt`), with
+    /// --controller.
+    #[arg(long, default_value = "/etc/podtap/tls")]
+    pub tls_dir: PathBuf,
+    /// Node(s) to tap (repeatable); default: every node in the inventory. With --controller:
+    /// the node this agent runs on (exactly one).
     #[arg(long = "node")]
     pub nodes: Vec<String>,
     /// Only pods in these namespaces (repeatable).
@@ -131,6 +141,9 @@ pub fn selection(
 
 /// Runs `podtap agent`.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(url) = args.controller.clone() {
+        return crate::agent_driven::run(url, args);
+    }
     let inventory = match (&args.inventory, &args.lab) {
         (Some(p), _) => p.clone(),
         (None, Some(lab)) => podtap_lab::Lab::open(lab)

@@ -14,8 +14,35 @@ use podtap_broker::{Broker, BrokerConfig};
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
     /// The broker configuration (YAML; see docs/configuration.md).
-    #[arg(short, long)]
-    pub config: PathBuf,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    pub config: Option<PathBuf>,
+    /// Take the policies from the controller at this address (`https://HOST:PORT`) instead of
+    /// a file; needs --name and --endpoint, and --tls-dir's certificates.
+    #[arg(long, requires_all = ["name", "endpoint"], conflicts_with_all = ["check", "replay"])]
+    pub controller: Option<String>,
+    /// This replica's name, with --controller (unique among brokers; a pod's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where agents send copies, with --controller: `vxlan://ADDR[:PORT]` or `l2gre://ADDR`.
+    /// The broker listens there.
+    #[arg(long)]
+    pub endpoint: Option<podtap_tunnel::TunnelEndpoint>,
+    /// With --controller: relative output paths of policies are placed under this directory,
+    /// and no policy may write outside it.
+    #[arg(long, default_value = "/var/lib/podtap")]
+    pub data: PathBuf,
+    /// With --controller: serve Prometheus metrics here (e.g. 0.0.0.0:9464).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The broker certificate, its key and the CA (`broker.crt`, `broker.key`, `ca.crt`), with
+    /// --controller.
+    #[arg(long, default_value = "/etc/podtap/tls")]
+    pub tls_dir: PathBuf,
     /// Run the broker inside this network namespace (`ip netns` name), e.g. a lab host's.
     #[arg(long)]
     pub netns: Option<String>,
@@ -37,11 +64,17 @@ pub struct BrokerArgs {
 
 /// Runs `podtap broker`.
 pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
-    let config = BrokerConfig::load(&args.config)?;
+    if let Some(url) = args.controller.clone() {
+        return crate::broker_driven::run(url, args);
+    }
+    let Some(path) = args.config.clone() else {
+        anyhow::bail!("give --config FILE or --controller URL");
+    };
+    let config = BrokerConfig::load(&path)?;
     if args.check {
         println!(
             "{}: valid ({} policies)",
-            args.config.display(),
+            path.display(),
             config.policies.len()
         );
         return Ok(());
@@ -49,11 +82,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
     if let Some(capture) = &args.replay {
         return replay(config, capture, args.policy.as_deref());
     }
-    if let Some(n) = &args.netns {
-        // Before any thread exists, so every thread of the broker lives there.
-        podtap_cluster::netns::enter(n)
-            .with_context(|| format!("entering network namespace {n}"))?;
-    }
+    enter_netns(args.netns.as_deref())?;
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -72,16 +101,16 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         podtap_metrics::serve(listener, move || podtap_broker::metrics::render(&stats))?;
         tracing::info!("metrics on http://{addr}/metrics");
     }
-    let mut last = std::fs::read(&args.config).unwrap_or_default();
+    let mut last = std::fs::read(&path).unwrap_or_default();
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         broker.run(&stop, Some(Instant::now() + Duration::from_secs(1)));
-        let now = std::fs::read(&args.config).unwrap_or_default();
+        let now = std::fs::read(&path).unwrap_or_default();
         if now != last || hup.swap(false, Ordering::Relaxed) {
             last = now;
-            match BrokerConfig::load(&args.config)
+            match BrokerConfig::load(&path)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| broker.reload(c).map_err(anyhow::Error::from))
             {
@@ -96,6 +125,16 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<()> {
         }
     }
     print!("{}", broker.finish().render());
+    Ok(())
+}
+
+/// Enters the network namespace `netns` (a lab host's). Called before any thread exists, so
+/// every thread of the broker lives there.
+pub fn enter_netns(netns: Option<&str>) -> anyhow::Result<()> {
+    if let Some(n) = netns {
+        podtap_cluster::netns::enter(n)
+            .with_context(|| format!("entering network namespace {n}"))?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 //! fabric manager).
 
 mod agent_cmd;
+mod agent_driven;
 mod broker_cmd;
+mod broker_driven;
 mod calls_cmd;
 mod controller_cmd;
 mod demo;

@@ -177,6 +177,16 @@ impl TunnelSender {
     /// Sends one copy labelled with its tap point and direction. Failures are counted (and the
     /// first of each kind logged), never returned: a tap must not stop over a lost copy.
     pub fn send(&mut self, tap: u16, to_pod: bool, frame: &[u8]) {
+        self.send_labelled(self.labels, tap, to_pod, frame);
+    }
+
+    /// Sends one copy under the policy label `policy` instead of the sender's own (one socket
+    /// to a broker carries every policy). True if it went out.
+    pub fn send_policy(&mut self, policy: u32, tap: u16, to_pod: bool, frame: &[u8]) -> bool {
+        self.send_labelled(Labels::Podtap { policy }, tap, to_pod, frame)
+    }
+
+    fn send_labelled(&mut self, labels: Labels, tap: u16, to_pod: bool, frame: &[u8]) -> bool {
         let mut frame = frame;
         if frame.len() > self.max_frame {
             match self.oversize {
@@ -188,7 +198,7 @@ impl TunnelSender {
             }
         }
         let label = vxlan::group_policy_id(tap, to_pod);
-        let (id, gbp, key) = match self.labels {
+        let (id, gbp, key) = match labels {
             Labels::Podtap { policy } => (
                 policy,
                 Some(label),
@@ -219,7 +229,7 @@ impl TunnelSender {
                 let mut packet = GrePacket::new_unchecked(&mut header[..len]);
                 if repr.emit(&mut packet, |_| {}).is_err() {
                     self.counters.errors += 1;
-                    return;
+                    return false;
                 }
                 len
             }
@@ -237,6 +247,7 @@ impl TunnelSender {
             Ok(_) => {
                 self.counters.packets += 1;
                 self.counters.bytes += frame.len() as u64;
+                true
             }
             Err(e) => {
                 self.counters.errors += 1;
@@ -244,6 +255,7 @@ impl TunnelSender {
                     tracing::warn!(endpoint = %self.endpoint, "sending copies: {e} (counting further failures)");
                     self.last_error = Some(e.kind());
                 }
+                false
             }
         }
     }

@@ -42,6 +42,18 @@ impl OutputConfig {
         }
     }
 
+    /// The files and directories the output writes to.
+    pub fn paths_mut(&mut self) -> Vec<&mut std::path::PathBuf> {
+        match self {
+            OutputConfig::Pcap(c) => vec![&mut c.directory],
+            OutputConfig::Calls(c) => c.store.iter_mut().chain(c.json.iter_mut()).collect(),
+            OutputConfig::Vxlan(_)
+            | OutputConfig::L2gre(_)
+            | OutputConfig::NetflowV9(_)
+            | OutputConfig::Ipfix(_) => Vec::new(),
+        }
+    }
+
     /// Every problem with the output's settings.
     pub fn problems(&self) -> Vec<String> {
         match self {
