@@ -263,3 +263,51 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     print!("{}", yaml(&args)?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The manifests run podtap with command lines this podtap accepts (the variables the
+    /// kubelet expands replaced by sample values).
+    #[test]
+    fn every_container_runs_a_command_line_podtap_accepts() {
+        let crate::Command::Install(args) = crate::Cli::try_parse_from(["podtap", "install"])
+            .unwrap()
+            .command
+        else {
+            unreachable!()
+        };
+        let mut checked = Vec::new();
+        for m in manifests(&args).unwrap() {
+            let containers = m
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array);
+            for c in containers.into_iter().flatten() {
+                let argv: Vec<String> = c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        a.as_str()
+                            .unwrap()
+                            .replace("$(NODE_NAME)", "node-1")
+                            .replace("$(POD_NAME)", "podtap-broker-0")
+                            .replace("$(POD_IP)", "10.0.0.7")
+                    })
+                    .collect();
+                assert!(!argv.iter().any(|a| a.contains("$(")), "{argv:?}");
+                let parsed = crate::Cli::try_parse_from(
+                    std::iter::once("podtap".into()).chain(argv.clone()),
+                );
+                if let Err(e) = parsed {
+                    panic!("{}: podtap {}: {e}", c["name"], argv.join(" "));
+                }
+                checked.push(c["name"].as_str().unwrap().to_string());
+            }
+        }
+        checked.sort();
+        assert_eq!(checked, ["agent", "broker", "controller"]);
+    }
+}
