@@ -257,7 +257,7 @@ mod tests {
         let mut expect_a = 0;
         for port in 1000..1040 {
             let f = udp4(port);
-            let to_a = flow_slot(&f) % 2 == 0;
+            let to_a = flow_slot(&f).is_multiple_of(2);
             routes.send(7, false, &f); // vni 10 and 11
             routes.send(7, true, &f); // vni 10 only
             routes.send(8, true, &f); // tap 8 has no policy

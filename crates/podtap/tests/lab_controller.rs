@@ -67,7 +67,9 @@ impl Proc {
 
     /// Stops it and returns its output; it must exit cleanly.
     fn stop(mut self) -> String {
+        let start = Instant::now();
         let log = self.terminate();
+        eprintln!("{} stopped in {:?}", self.name, start.elapsed());
         assert!(log.0, "{} did not exit cleanly:\n{}", self.name, log.1);
         log.1
     }
@@ -342,10 +344,75 @@ fn the_lab_runs_end_to_end_through_the_controller() {
     eprintln!("a new pod tapped after {took_add:?}, a deleted one untapped after {took_remove:?}");
     assert!(took_add < Duration::from_secs(10) && took_remove < Duration::from_secs(10));
 
+    // Pods the agent cannot tap are reported with why: one whose IP has no veth behind it,
+    // one on the host network.
+    let mut inv = lab.inventory().clone();
+    let model = inv
+        .pods
+        .iter()
+        .find(|p| p.name == "frontend-1")
+        .unwrap()
+        .clone();
+    let node1 = inv
+        .nodes
+        .iter()
+        .find(|n| n.name == "node-1")
+        .unwrap()
+        .clone();
+    let ghost = podtap_cluster::Pod {
+        name: "ghost-1".into(),
+        ip: "10.244.1.250".into(),
+        host_veth: String::new(),
+        netns: None,
+        tap_id: Some(4000),
+        ..model.clone()
+    };
+    let hostnet = podtap_cluster::Pod {
+        name: "hostnet-1".into(),
+        ip: node1.underlay_ip.clone(),
+        host_network: true,
+        tap_id: Some(4001),
+        ..ghost.clone()
+    };
+    inv.pods.extend([ghost, hostnet]);
+    std::fs::write(
+        lab.inventory_path(),
+        serde_json::to_vec_pretty(&inv).unwrap(),
+    )
+    .unwrap();
+    let (s, took_untappable) =
+        wait_status(&policies, "shop", "two untappable pods on node-1", |s| {
+            s.nodes
+                .iter()
+                .any(|n| n.node == "node-1" && n.untappable.len() == 2)
+        });
+    eprintln!("untappable pods reported after {took_untappable:?}");
+    let n1 = s.nodes.iter().find(|n| n.node == "node-1").unwrap();
+    let reasons: BTreeMap<&str, &str> = n1
+        .untappable
+        .iter()
+        .map(|u| (u.pod.as_str(), u.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeMap::from([
+            ("shop/ghost-1", "VethNotFound"),
+            ("shop/hostnet-1", "HostNetwork")
+        ]),
+        "{n1:#?}"
+    );
+    assert_eq!(n1.tapped, 3, "the others stay tapped");
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "PodsNotTappable"),
+        "{s:#?}"
+    );
+
     // Stop the members; the agents must leave no hook on any veth.
     let agent_logs: Vec<String> = agents.into_iter().map(Proc::stop).collect();
     let lab_now = lab.inventory().clone();
-    for pod in &lab_now.pods {
+    for pod in lab_now.pods.iter().filter(|p| p.netns.is_some()) {
         let node = lab_now.nodes.iter().find(|n| n.name == pod.node).unwrap();
         let hooks = podtap_agent::program::hooks_on(node.netns.as_deref(), &pod.host_veth).unwrap();
         assert!(
