@@ -71,20 +71,7 @@ impl AgentConfig {
 
     /// Every problem with the settings, at once.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.snaplen == 0 || self.snaplen > podtap_abi::MAX_COPY {
-            p.push(format!(
-                "snap length {} is not in 1..={}",
-                self.snaplen,
-                podtap_abi::MAX_COPY
-            ));
-        }
-        if self.ring_bytes < 4096 || !self.ring_bytes.is_power_of_two() {
-            p.push(format!(
-                "ring size {} is not a power of two of at least 4096 bytes",
-                self.ring_bytes
-            ));
-        }
+        let mut p = size_problems(self.snaplen, self.ring_bytes);
         if let Some(t) = &self.tunnel {
             p.extend(
                 t.problems(self.snaplen)
@@ -94,6 +81,23 @@ impl AgentConfig {
         }
         p
     }
+}
+
+/// Problems with a snap length and a ring size.
+pub(crate) fn size_problems(snaplen: u32, ring_bytes: u32) -> Vec<String> {
+    let mut p = Vec::new();
+    if snaplen == 0 || snaplen > podtap_abi::MAX_COPY {
+        p.push(format!(
+            "snap length {snaplen} is not in 1..={}",
+            podtap_abi::MAX_COPY
+        ));
+    }
+    if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
+        p.push(format!(
+            "ring size {ring_bytes} is not a power of two of at least 4096 bytes"
+        ));
+    }
+    p
 }
 
 /// Errors starting or running the agent.

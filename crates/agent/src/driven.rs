@@ -78,8 +78,6 @@ pub struct PodTap {
     pub vnis: Vec<u32>,
     /// It shares the node's network.
     pub host_network: bool,
-    /// Where an inventory knows its veth (used only when it has no IP to find it by).
-    pub host_veth: String,
 }
 
 /// The node's whole desired state.
@@ -126,11 +124,14 @@ pub struct PolicyCounters {
 pub struct Report {
     /// The generation of the last applied desired state.
     pub applied_generation: u64,
-    /// Every pod of it.
+    /// Every pod of it that some policy selects.
     pub pods: Vec<PodState>,
     /// Per policy.
     pub counters: Vec<PolicyCounters>,
 }
+
+/// Entries of the tap program's exclusion map (`TAP_EXCLUDE` in ebpf/tap.c).
+const MAX_EXCLUSIONS: usize = 64;
 
 struct Tapped {
     ifindex: u32,
@@ -163,6 +164,10 @@ impl DrivenAgent {
     /// Loads the tap in this network namespace and starts reading; nothing is attached until
     /// the first [`DrivenAgent::apply`].
     pub fn start(cfg: DrivenConfig) -> Result<DrivenAgent, AgentError> {
+        let problems = crate::agent::size_problems(cfg.snaplen, cfg.ring_bytes);
+        if !problems.is_empty() {
+            return Err(AgentError::Config { problems });
+        }
         let missing = missing_capabilities(false);
         if !missing.is_empty() {
             return Err(AgentError::Unsupported { missing });
@@ -230,7 +235,8 @@ impl DrivenAgent {
 
         // What each wanted pod's veth is, or why it has none.
         let mut states = Vec::new();
-        let mut want: BTreeMap<PodRef, (String, &PodTap)> = BTreeMap::new();
+        let mut want: BTreeMap<PodRef, (String, u32, &PodTap)> = BTreeMap::new();
+        let mut seen: HashMap<u32, PodRef> = HashMap::new();
         for p in desired.pods.iter().filter(|p| !p.vnis.is_empty()) {
             let not_tapped = |reason: &str, message: String| PodState {
                 pod: p.pod.clone(),
@@ -246,9 +252,18 @@ impl DrivenAgent {
                 continue;
             }
             match self.veth_of(p) {
-                Ok(veth) => {
-                    want.insert(p.pod.clone(), (veth, p));
-                }
+                // Two pods on one veth (a deleted pod's IP reused before its object is
+                // gone): the first keeps it, the other is refused.
+                Ok((veth, ifindex)) => match seen.get(&ifindex) {
+                    Some(other) => states.push(not_tapped(
+                        reason::ATTACH_FAILED,
+                        format!("{veth} is already the veth of {other} (same IP)"),
+                    )),
+                    None => {
+                        seen.insert(ifindex, p.pod.clone());
+                        want.insert(p.pod.clone(), (veth, ifindex, p));
+                    }
+                },
                 Err(m) => states.push(not_tapped(reason::VETH_NOT_FOUND, m)),
             }
         }
@@ -258,8 +273,9 @@ impl DrivenAgent {
             .tapped
             .iter()
             .filter(|(pod, t)| {
-                want.get(*pod)
-                    .is_none_or(|(veth, p)| *veth != t.veth || p.tap_id != t.tap_id)
+                want.get(*pod).is_none_or(|(veth, ifindex, p)| {
+                    *veth != t.veth || *ifindex != t.ifindex || p.tap_id != t.tap_id
+                })
             })
             .map(|(pod, _)| pod.clone())
             .collect();
@@ -271,7 +287,7 @@ impl DrivenAgent {
             }
         }
 
-        for (pod, (veth, p)) in want {
+        for (pod, (veth, _, p)) in want {
             if let Some(t) = self.tapped.get_mut(&pod) {
                 t.vnis = p.vnis.clone();
             } else {
@@ -374,11 +390,12 @@ impl DrivenAgent {
     /// the brokers' tunnel traffic.
     fn set_kernel_side(&mut self, desired: &Desired) -> Result<(), AgentError> {
         let kernel = shared_prefilter(&desired.policies).unwrap_or_default();
-        let exclusions: Vec<_> = desired
+        let mut exclusions: Vec<_> = desired
             .brokers
             .iter()
             .filter_map(|ep| {
                 let std::net::IpAddr::V4(ip) = ep.addr.ip() else {
+                    tracing::warn!(broker = %ep, "IPv6 brokers cannot be excluded from the tap yet: a broker pod tapped on this node would get copies of copies");
                     return None;
                 };
                 Some(match ep.kind {
@@ -387,6 +404,15 @@ impl DrivenAgent {
                 })
             })
             .collect();
+        exclusions.sort_unstable();
+        exclusions.dedup();
+        if exclusions.len() > MAX_EXCLUSIONS {
+            tracing::warn!(
+                "{} broker endpoints, the tap excludes the first {MAX_EXCLUSIONS}",
+                exclusions.len()
+            );
+            exclusions.truncate(MAX_EXCLUSIONS);
+        }
         if exclusions != self.exclusions {
             self.program.set_exclusions(&exclusions)?;
             self.exclusions = exclusions;
@@ -400,18 +426,26 @@ impl DrivenAgent {
         Ok(())
     }
 
-    /// The pod's veth: the tapped one while it still exists, else found from the IP.
-    fn veth_of(&self, p: &PodTap) -> Result<String, String> {
+    /// The pod's veth and its ifindex: the tapped one while it still exists as it was, else
+    /// found from the IP (a veth re-created under the same name has a new ifindex).
+    fn veth_of(&self, p: &PodTap) -> Result<(String, u32), String> {
         if let Some(t) = self.tapped.get(&p.pod)
-            && nix::net::if_::if_nametoindex(t.veth.as_str()).ok() == Some(t.ifindex)
+            && ifindex_of(&t.veth) == Some(t.ifindex)
         {
-            return Ok(t.veth.clone());
+            return Ok((t.veth.clone(), t.ifindex));
         }
-        match p.ip {
-            Some(ip) => crate::discover::find_veth(None, ip),
-            None if !p.host_veth.is_empty() => Ok(p.host_veth.clone()),
-            None => Err("the pod has no IP yet".into()),
-        }
+        let ip = p.ip.ok_or("the pod has no IP yet")?;
+        let veth = crate::discover::find_veth(None, ip)?;
+        let ifindex = ifindex_of(&veth).ok_or_else(|| format!("{veth} went away"))?;
+        Ok((veth, ifindex))
+    }
+
+    /// Whether a tapped veth went away or was re-created (a sandbox restarted): the next
+    /// apply must look again.
+    pub fn has_stale_taps(&self) -> bool {
+        self.tapped
+            .values()
+            .any(|t| ifindex_of(&t.veth) != Some(t.ifindex))
     }
 
     fn retire(&mut self, pod: &PodRef, t: &Tapped, last: [TapCounters; 2]) {
@@ -575,6 +609,10 @@ impl DrivenAgent {
         finals?;
         Ok(stats)
     }
+}
+
+fn ifindex_of(veth: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(veth).ok()
 }
 
 /// The prefilter every policy shares (None when they differ or one does not parse).

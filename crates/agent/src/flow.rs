@@ -12,24 +12,26 @@ pub struct FlowKey {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// IP protocol (IPv6: the upper-layer header after extension headers).
+    /// IP protocol (IPv6: the next header after the fixed header).
     pub proto: u8,
     /// (source, destination) ports of TCP, UDP and SCTP; None for other protocols and for
-    /// fragments.
+    /// IPv4 fragments after the first.
     pub ports: Option<(u16, u16)>,
 }
 
 const ETH_HEADER: usize = 14;
 
-/// Reads the flow of an Ethernet frame (up to two VLAN tags). None: not IP, or too short.
+// The parse mirrors the tap program's `read_flow` (ebpf/tap.c), so that a prefilter checked
+// here keeps exactly what it would keep in the kernel: one VLAN tag, IPv4 ports unless the
+// fragment offset is non-zero, IPv6 without walking extension headers.
+
+/// Reads the flow of an Ethernet frame. None: not IPv4/IPv6, or too short for the IP header.
 pub fn flow_key(frame: &[u8]) -> Option<FlowKey> {
     let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let mut at = ETH_HEADER;
-    for _ in 0..2 {
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
-            ethertype = u16::from_be_bytes([*frame.get(at + 2)?, *frame.get(at + 3)?]);
-            at += 4;
-        }
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        ethertype = u16::from_be_bytes([*frame.get(at + 2)?, *frame.get(at + 3)?]);
+        at += 4;
     }
     let ip = frame.get(at..)?;
     match ethertype {
@@ -40,19 +42,19 @@ pub fn flow_key(frame: &[u8]) -> Option<FlowKey> {
 }
 
 fn ipv4(ip: &[u8]) -> Option<FlowKey> {
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
+    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
         return None;
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let fragment = u16::from_be_bytes([ip[6], ip[7]]);
-    let fragmented = fragment & 0x3fff != 0; // more-fragments flag or an offset
+    // Only the first fragment carries the ports.
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
     let proto = ip[9];
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let ports = if fragmented {
+    let ports = if later_fragment {
         None
     } else {
-        ports(proto, ip.get(ihl..)?)
+        ip.get(ihl..).and_then(|l4| ports(proto, l4))
     };
     Some(FlowKey {
         src: src.into(),
@@ -71,38 +73,14 @@ fn ipv6(ip: &[u8]) -> Option<FlowKey> {
         o.copy_from_slice(&ip[at..at + 16]);
         o.into()
     };
-    let (src, dst) = (addr(8), addr(24));
-    let mut next = ip[6];
-    let mut at = 40;
-    let mut fragmented = false;
-    // Hop-by-hop, routing, fragment and destination options headers, at most a few.
-    for _ in 0..8 {
-        match next {
-            0 | 43 | 60 => {
-                let h = ip.get(at..at + 2)?;
-                next = h[0];
-                at += (usize::from(h[1]) + 1) * 8;
-            }
-            44 => {
-                let h = ip.get(at..at + 8)?;
-                next = h[0];
-                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
-                fragmented = offset_flags & 0xfff9 != 0;
-                at += 8;
-            }
-            _ => break,
-        }
-    }
-    let ports = if fragmented {
-        None
-    } else {
-        ports(next, ip.get(at..)?)
-    };
+    // Extension headers are not walked (as in the kernel): ports when TCP/UDP/SCTP follows
+    // the fixed header directly, which is what pod traffic carries.
+    let proto = ip[6];
     Some(FlowKey {
-        src: src.into(),
-        dst: dst.into(),
-        proto: next,
-        ports,
+        src: addr(8).into(),
+        dst: addr(24).into(),
+        proto,
+        ports: ports(proto, &ip[40..]),
     })
 }
 
@@ -118,10 +96,16 @@ fn ports(proto: u8, l4: &[u8]) -> Option<(u16, u16)> {
 
 /// The flow slot (0-255) of a frame: the same for both directions of a flow and on every node,
 /// so that every copy of a flow goes to one broker. IP flows hash addresses, protocol and
-/// ports (fragments: addresses and protocol); other frames hash their MAC addresses.
+/// ports (fragments after the first: addresses and protocol); other frames hash their MAC
+/// addresses.
 pub fn flow_slot(frame: &[u8]) -> u8 {
+    slot_of(flow_key(frame).as_ref(), frame)
+}
+
+/// [`flow_slot`] with the key already read.
+pub fn slot_of(key: Option<&FlowKey>, frame: &[u8]) -> u8 {
     let mut h = Fnv::default();
-    match flow_key(frame) {
+    match key {
         Some(k) => {
             let a = (octets(k.src), k.ports.map_or(0, |p| p.0));
             let b = (octets(k.dst), k.ports.map_or(0, |p| p.1));
@@ -179,10 +163,15 @@ impl Prefilter {
     /// in user space): an empty prefilter matches everything, a non-empty one only IP packets
     /// that meet every condition.
     pub fn matches(&self, frame: &[u8]) -> bool {
+        self.matches_key(flow_key(frame).as_ref())
+    }
+
+    /// [`Prefilter::matches`] with the key already read (None: not IP).
+    pub fn matches_key(&self, key: Option<&FlowKey>) -> bool {
         if self.is_empty() {
             return true;
         }
-        let Some(k) = flow_key(frame) else {
+        let Some(k) = key else {
             return false;
         };
         let in_net = |a: IpAddr| {
@@ -246,10 +235,20 @@ mod tests {
     }
 
     #[test]
+    fn the_slot_of_a_flow_is_fixed() {
+        // Every agent, in every process, must compute the same slot: pinned values.
+        let f = tcp4([10, 244, 1, 2], 40000, [10, 244, 2, 3], 80);
+        let g = tcp4([10, 244, 1, 2], 40001, [10, 244, 2, 3], 80);
+        assert_eq!((flow_slot(&f), flow_slot(&g)), (194, 104));
+    }
+
+    #[test]
     fn fragments_hash_without_ports_and_vlan_tags_are_skipped() {
         let mut f = tcp4([10, 0, 0, 1], 1, [10, 0, 0, 2], 2);
         assert_eq!(flow_key(&f).unwrap().ports, Some((1, 2)));
-        f[14 + 6] = 0x20; // more fragments
+        f[14 + 6] = 0x20; // more fragments: the first one still has its ports
+        assert_eq!(flow_key(&f).unwrap().ports, Some((1, 2)));
+        f[14 + 7] = 0x10; // a later fragment
         assert_eq!(flow_key(&f).unwrap().ports, None);
         let plain = tcp4([10, 0, 0, 1], 1, [10, 0, 0, 2], 2);
         let mut tagged = plain[..12].to_vec();

@@ -22,6 +22,9 @@ const NETLINK_PRIORITY: u16 = 0x7a70;
 /// Errors of the loaded tap.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
+    /// The veth is tapped already (a second attachment would copy every packet twice).
+    #[error("{veth} (ifindex {ifindex}) is tapped already")]
+    AlreadyAttached { veth: String, ifindex: u32 },
     /// The object could not be loaded (the verifier log is inside).
     #[error("loading the tap programs: {source}")]
     Load {
@@ -303,6 +306,12 @@ impl TapProgram {
     /// Attaches both programs to `veth`, registers its counters and its tap id (0: unknown).
     /// Returns its ifindex.
     pub fn attach(&mut self, veth: &str, tap_id: u16) -> Result<u32, ProgramError> {
+        if let Some((ifindex, _)) = self.attached.iter().find(|(_, (name, _))| name == veth) {
+            return Err(ProgramError::AlreadyAttached {
+                veth: veth.to_string(),
+                ifindex: *ifindex,
+            });
+        }
         let netns_name = self.netns.clone();
         let mode = self.mode;
         let ebpf = &mut self.ebpf;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use podtap_tunnel::{Oversize, SendCounters, TunnelEndpoint, TunnelSender};
 
-use crate::flow::flow_slot;
+use crate::flow::{FlowKey, flow_key, slot_of};
 use crate::prefilter::Prefilter;
 
 /// Number of flow slots in the broker table.
@@ -145,13 +145,18 @@ impl Routes {
         let Some(routes) = self.by_tap.get(&tap) else {
             return;
         };
-        let broker = self.slots[usize::from(flow_slot(frame))];
+        // The frame's headers are read once, and only for a copy some policy wants.
+        let mut key: Option<Option<FlowKey>> = None;
+        let mut slot = None;
         for r in routes {
-            if !r.directions.wants(to_pod)
-                || r.prefilter.as_ref().is_some_and(|p| !p.matches(frame))
-            {
+            if !r.directions.wants(to_pod) {
                 continue;
             }
+            let k = key.get_or_insert_with(|| flow_key(frame)).as_ref();
+            if r.prefilter.as_ref().is_some_and(|p| !p.matches_key(k)) {
+                continue;
+            }
+            let broker = *slot.get_or_insert_with(|| self.slots[usize::from(slot_of(k, frame))]);
             let c = self.counters.entry(r.vni).or_default();
             match self.brokers.get_mut(usize::from(broker)) {
                 Some(sender) => {
@@ -192,6 +197,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::flow_slot;
     use std::net::UdpSocket;
     use std::time::Duration;
 
@@ -265,16 +271,30 @@ mod tests {
                 expect_a += 3;
             }
         }
+        // One TCP copy to the pod: vni 10 and 12 (tcp only), not 11 (udp, from pod).
+        let mut tcp = udp4(5000);
+        tcp[14 + 9] = 6;
+        routes.send(7, true, &tcp);
+        if flow_slot(&tcp).is_multiple_of(2) {
+            expect_a += 2;
+        }
         let (got_a, got_b) = (drain(&a), drain(&b));
         assert_eq!(got_a.len(), expect_a);
-        assert_eq!(got_a.len() + got_b.len(), 120);
+        assert_eq!(got_a.len() + got_b.len(), 122);
+        // Each copy went to the broker of its own flow's slot, with the pod's tap label.
+        for (got, parity) in [(&got_a, 0), (&got_b, 1)] {
+            for d in got.iter() {
+                assert_eq!(flow_slot(&d[8..]) % 2, parity);
+                assert_eq!(u16::from_be_bytes([d[2], d[3]]) & 0x3fff, 7, "tap label");
+            }
+        }
         let vni = |d: &Vec<u8>| u32::from_be_bytes([0, d[4], d[5], d[6]]);
         let all: Vec<u32> = got_a.iter().chain(&got_b).map(vni).collect();
-        assert_eq!(all.iter().filter(|&&v| v == 10).count(), 80);
+        assert_eq!(all.iter().filter(|&&v| v == 10).count(), 81);
         assert_eq!(all.iter().filter(|&&v| v == 11).count(), 40);
-        assert_eq!(all.iter().filter(|&&v| v == 12).count(), 0);
-        assert_eq!(routes.counters()[&10].sent, 80);
-        assert_eq!(routes.counters()[&12].sent, 0);
+        assert_eq!(all.iter().filter(|&&v| v == 12).count(), 1);
+        assert_eq!(routes.counters()[&10].sent, 81);
+        assert_eq!(routes.counters()[&12].sent, 1);
     }
 
     #[test]

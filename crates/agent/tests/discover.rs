@@ -28,6 +28,16 @@ fn every_pods_veth_is_found_from_its_ip_on_both_cni_styles() {
             };
             run(&["neigh", "flush", "dev", "cni0"]);
             run(&["link", "set", "cni0", "type", "bridge", "fdb_flush"]);
+            let neigh = std::process::Command::new("ip")
+                .args(["-n", ns, "neigh", "show", "dev", "cni0"])
+                .output()
+                .unwrap();
+            let left = String::from_utf8_lossy(&neigh.stdout);
+            assert!(
+                left.lines()
+                    .all(|l| l.contains("FAILED") || l.contains("INCOMPLETE")),
+                "neighbours left: {left}"
+            );
         }
         for pod in inv.pods.iter().filter(|p| p.node == node.name) {
             let ip = pod.ip.parse().expect("lab pods have IPs");
@@ -44,6 +54,8 @@ fn every_pods_veth_is_found_from_its_ip_on_both_cni_styles() {
         // A pod of the other node: the route leaves through the underlay or the overlay.
         let elsewhere = inv.pods.iter().find(|p| p.node != node.name).unwrap();
         let err = find_veth(ns, elsewhere.ip.parse().unwrap()).unwrap_err();
+        // Calico and Flannel nodes route to each other over the underlay.
+        assert!(err.contains("goes via 198.18.0."), "{err}");
         assert!(err.contains("is the pod on this node?"), "{err}");
         // The node's own address.
         let err = find_veth(ns, node.underlay_ip.parse().unwrap()).unwrap_err();

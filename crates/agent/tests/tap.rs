@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use podtap_agent::{Agent, AgentConfig, GsoMode, Prefilter};
 use podtap_cluster::{Cni, LabelSelector, PodRef, PodSelection};
 use podtap_lab::{Lab, Traffic};
+use podtap_testkit::drive;
 use podtap_testkit::*;
 
 /// BPF programs hooked on a veth (TCX or netlink tc), as the kernel reports them.
@@ -48,18 +49,6 @@ fn settle_and_stop(mut agent: Agent) -> podtap_agent::Stats {
         );
     }
     stats
-}
-
-fn drive(lab: &Lab, from: &str, to: &str, t: Traffic) -> podtap_lab::TrafficReport {
-    let r = lab
-        .drive(
-            &PodRef::parse(from).unwrap(),
-            &PodRef::parse(to).unwrap(),
-            &t,
-        )
-        .unwrap();
-    assert_eq!(r.errors, 0, "{t:?} {from}->{to}: {r:?}");
-    r
 }
 
 /// Every packet once per veth and direction, byte-identical to tcpdump on the same veth.

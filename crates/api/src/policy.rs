@@ -141,8 +141,11 @@ pub struct NodeTapState {
 pub struct UntappablePod {
     /// `namespace/name`.
     pub pod: String,
-    /// Why (`HostNetwork`, `VethNotFound`, ...).
+    /// Why (`HostNetwork`, `VethNotFound`, `AttachFailed`).
     pub reason: String,
+    /// Details from the agent (what its route lookup found, the kernel's error).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// An agent's connection to the controller.

@@ -251,7 +251,7 @@ impl Fabric {
                                 let v = if p.tapped {
                                     Ok(())
                                 } else {
-                                    Err(p.reason.clone())
+                                    Err((p.reason.clone(), p.message.clone()))
                                 };
                                 (key, v)
                             })

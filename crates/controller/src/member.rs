@@ -130,10 +130,11 @@ async fn run<R: Role>(
     let mut failing = false;
     while !*stop.borrow() {
         let mut served = false;
-        let result = session::<R>(&url, &tls_dir, &report, &desired, &mut stop, &mut served).await;
-        if *stop.borrow() {
-            break;
-        }
+        // Stopping never waits for the network (a connect, a stalled stream).
+        let result = tokio::select! {
+            r = session::<R>(&url, &tls_dir, &report, &desired, &mut served) => r,
+            _ = stop.changed() => break,
+        };
         if served {
             backoff = BACKOFF_FIRST;
         }
@@ -163,13 +164,12 @@ async fn run<R: Role>(
     }
 }
 
-/// One session, until it fails or `stop`. `served` turns true once a desired state arrived.
+/// One session, until it fails. `served` turns true once a desired state arrived.
 async fn session<R: Role>(
     url: &str,
     tls_dir: &std::path::Path,
     report: &watch::Receiver<R::Report>,
     desired: &watch::Sender<Option<R::Desired>>,
-    stop: &mut watch::Receiver<bool>,
     served: &mut bool,
 ) -> anyhow::Result<()> {
     let channel = tls::connect(url, tls_dir, R::TLS_ROLE).await?;
@@ -198,11 +198,16 @@ async fn session<R: Role>(
             _ = tokio::time::sleep_until(next) => {
                 next = Instant::now() + period;
                 let r = report.borrow().clone();
-                if tx.send(r).await.is_err() {
-                    return Ok(());
+                match tx.try_send(r) {
+                    Ok(()) => {}
+                    // The controller is behind: skip this report, the next carries the
+                    // latest state (never block here, or desired states would wait too).
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        anyhow::bail!("the report stream closed")
+                    }
                 }
             }
-            _ = stop.changed() => return Ok(()),
         }
     }
 }

@@ -17,7 +17,8 @@ pub struct AgentHealth {
     /// The agent has applied the node's current desired state.
     pub up_to_date: bool,
     /// Per pod: tapped, or why not (from the agent's last report).
-    pub pods: BTreeMap<PodRef, Result<(), String>>,
+    /// Per pod: tapped, or why not (reason, message).
+    pub pods: BTreeMap<PodRef, Result<(), (String, String)>>,
     /// Per VNI: (copied, dropped) packets.
     pub counters: BTreeMap<u32, (u64, u64)>,
 }
@@ -61,21 +62,21 @@ pub fn policy_status(
             ..NodeTapState::default()
         };
         for pod in pods {
-            if plan.host_network.contains(pod) {
-                ns.untappable.push(UntappablePod {
-                    pod: pod.to_string(),
-                    reason: "HostNetwork".into(),
-                });
-                continue;
-            }
             let reported = agent
                 .filter(|a| a.up_to_date && a.state == AgentState::Connected)
                 .and_then(|a| a.pods.get(pod));
             match reported {
                 Some(Ok(())) => ns.tapped += 1,
-                Some(Err(reason)) => ns.untappable.push(UntappablePod {
+                Some(Err((reason, message))) => ns.untappable.push(UntappablePod {
                     pod: pod.to_string(),
                     reason: reason.clone(),
+                    message: message.clone(),
+                }),
+                // Known without the agent: it has no veth.
+                None if plan.host_network.contains(pod) => ns.untappable.push(UntappablePod {
+                    pod: pod.to_string(),
+                    reason: "HostNetwork".into(),
+                    message: String::new(),
                 }),
                 None => {}
             }
@@ -310,7 +311,7 @@ mod tests {
         let mut n2 = connected(&[]);
         n2.pods.insert(
             PodRef::parse("shop/n2-p0").unwrap(),
-            Err("VethNotFound".into()),
+            Err(("VethNotFound".into(), "no route".into())),
         );
         let health = Health {
             agents: [
@@ -326,5 +327,6 @@ mod tests {
         assert_eq!(cond(&s, "Degraded").reason, "PodsNotTappable");
         assert_eq!(s.nodes[0].untappable[0].reason, "HostNetwork");
         assert_eq!(s.nodes[1].untappable[0].reason, "VethNotFound");
+        assert_eq!(s.nodes[1].untappable[0].message, "no route");
     }
 }

@@ -3,8 +3,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,7 +22,7 @@ pub struct AgentArgs {
     /// Take what to tap from the controller at this address (`https://HOST:PORT`), for the
     /// one node given with --node, instead of an inventory and flags. Copies go to the
     /// brokers the controller assigns, per flow. Needs --tls-dir's certificates.
-    #[arg(long, conflicts_with_all = ["namespaces", "namespace_selector", "selector", "pods", "filter", "write", "tunnel", "vni", "gre_key", "decrypt"])]
+    #[arg(long, conflicts_with_all = ["namespaces", "namespace_selector", "selector", "pods", "filter", "write", "tunnel", "vni", "gre_key", "send", "decrypt"])]
     pub controller: Option<String>,
     /// The agent certificate, its key and the CA (`agent.crt`, `agent.key`, `ca.crt`), with
     /// --controller.
@@ -208,10 +206,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = crate::stop_on_signals()?;
 
     let mut agent = Agent::start(cfg, sink)?;
     if let Some(l) = listener {

@@ -3,8 +3,7 @@
 //! whose veth was not found yet, and hands the report to the session.
 
 use std::net::{IpAddr, TcpListener};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,7 +18,8 @@ use podtap_tunnel::TunnelEndpoint;
 
 use crate::agent_cmd::AgentArgs;
 
-/// How often pods not tapped for a passing reason (veth not found yet) are tried again.
+/// How often pods not tapped for a passing reason (veth not found yet) are tried again, and
+/// tapped veths checked for being re-created.
 const RETRY: Duration = Duration::from_secs(2);
 /// How often the report handed to the session is refreshed.
 const REFRESH: Duration = Duration::from_millis(500);
@@ -39,16 +39,8 @@ pub fn run(url: String, args: AgentArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
-    tls::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the fabric session's runtime")?;
+    let stop = crate::stop_on_signals()?;
+    let rt = crate::fabric_runtime()?;
 
     let mut agent = DrivenAgent::start(DrivenConfig {
         node: node.clone(),
@@ -75,7 +67,7 @@ pub fn run(url: String, args: AgentArgs) -> anyhow::Result<()> {
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let mut current: Option<Desired> = None;
-    let mut last_apply = Instant::now();
+    let mut last_check = Instant::now();
     let mut last_refresh = Instant::now();
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
@@ -87,9 +79,12 @@ pub fn run(url: String, args: AgentArgs) -> anyhow::Result<()> {
                 current = Some(to_desired(&taps));
             }
         }
-        let retry = agent.has_retries() && last_apply.elapsed() >= RETRY;
+        let due = last_check.elapsed() >= RETRY;
+        if due {
+            last_check = Instant::now();
+        }
+        let retry = due && (agent.has_retries() || agent.has_stale_taps());
         if let Some(d) = current.as_ref().filter(|_| changed || retry) {
-            last_apply = Instant::now();
             if let Err(e) = agent.apply(d) {
                 result = Err(e.into());
                 break;
@@ -157,7 +152,6 @@ fn to_desired(t: &proto::NodeTaps) -> Desired {
             tap_id: u16::try_from(p.tap_id).unwrap_or(0),
             vnis: p.vnis.clone(),
             host_network: p.host_network,
-            host_veth: p.host_veth.clone(),
         })
         .collect();
     Desired {

@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -33,16 +32,8 @@ pub fn run(url: String, args: BrokerArgs) -> anyhow::Result<()> {
     let data = std::path::absolute(&args.data)
         .with_context(|| format!("data directory {}", args.data.display()))?;
     enter_netns(args.netns.as_deref())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
-    tls::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the fabric session's runtime")?;
+    let stop = crate::stop_on_signals()?;
+    let rt = crate::fabric_runtime()?;
 
     let listen = ListenConfig {
         address: endpoint.addr.ip(),

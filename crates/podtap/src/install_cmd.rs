@@ -197,7 +197,7 @@ pub fn manifests(args: &InstallArgs) -> anyhow::Result<Vec<Value>> {
                         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
                         "resources": resources("100m", "128Mi", "512Mi"),
                         // BPF: load the tap and TLS programs and their maps. NET_ADMIN: attach
-                        // them to veths (TCX / clsact) and create the tunnel device. PERFMON:
+                        // them to veths (TCX / clsact). PERFMON:
                         // attach uprobes and read user memory for the TLS view. SYS_PTRACE: read
                         // /proc/PID/{root,exe,maps} of pod processes. NET_RAW: send L2GRE.
                         "securityContext": security(&["BPF", "NET_ADMIN", "PERFMON", "SYS_PTRACE", "NET_RAW"], true),
@@ -304,7 +304,13 @@ mod tests {
                 if let Err(e) = parsed {
                     panic!("{}: podtap {}: {e}", c["name"], argv.join(" "));
                 }
-                checked.push(c["name"].as_str().unwrap().to_string());
+                let name = c["name"].as_str().unwrap().to_string();
+                if name != "controller" {
+                    // Agents and brokers take everything from the controller.
+                    let at = argv.iter().position(|a| a == "--controller").unwrap();
+                    assert!(argv[at + 1].starts_with("https://"), "{argv:?}");
+                }
+                checked.push(name);
             }
         }
         checked.sort();

@@ -54,6 +54,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in files or container logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let result = match cli.command {
@@ -77,4 +79,27 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A flag that SIGINT and SIGTERM set: long-running commands stop cleanly (detach, flush,
+/// print their counters) when it is.
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use anyhow::Context;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
+/// The small runtime a member's fabric session runs on (agent or broker driven by the
+/// controller), with the TLS provider installed.
+fn fabric_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    podtap_controller::tls::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the fabric session's runtime")
 }

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use podtap_cluster::{Cni, PodRef};
+use podtap_cluster::Cni;
 use podtap_lab::{Lab, LabGuard, LabSpec, Traffic};
+use podtap_testkit::drive;
 
 const PODTAP: &str = env!("CARGO_BIN_EXE_podtap");
 
@@ -77,17 +78,6 @@ fn signal(child: &Child, sig: i32) {
     unsafe {
         libc::kill(child.id() as i32, sig);
     }
-}
-
-fn drive(lab: &Lab, from: &str, to: &str, t: Traffic) {
-    let r = lab
-        .drive(
-            &PodRef::parse(from).unwrap(),
-            &PodRef::parse(to).unwrap(),
-            &t,
-        )
-        .unwrap();
-    assert_eq!(r.errors, 0);
 }
 
 #[test]

@@ -18,22 +18,11 @@ use podtap_agent::{Agent, AgentConfig, SendMode, TunnelConfig};
 use podtap_broker::{Broker, BrokerConfig};
 use podtap_cluster::{Cni, PodRef};
 use podtap_lab::{Lab, Traffic};
-use podtap_testkit::{Captured, Tcpdump, lab, read_pcapng};
+use podtap_testkit::{Captured, Tcpdump, drive, lab, read_pcapng};
 use podtap_tunnel::{Oversize, TunnelEndpoint};
 
 const OUTBOUND: u32 = 2; // from the pod
 const INBOUND: u32 = 1; // to the pod
-
-fn drive(lab: &Lab, from: &str, to: &str, t: Traffic) {
-    let r = lab
-        .drive(
-            &PodRef::parse(from).unwrap(),
-            &PodRef::parse(to).unwrap(),
-            &t,
-        )
-        .unwrap();
-    assert_eq!(r.errors, 0, "{t:?} {from}->{to}: {r:?}");
-}
 
 fn agent(lab: &Lab, file: &Path, tunnel: Option<TunnelConfig>, namespaces: &[&str]) -> Agent {
     let mut cfg = AgentConfig::new(lab.inventory_path());

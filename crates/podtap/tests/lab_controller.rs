@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use podtap_api::{AgentState, TapPolicyStatus};
 use podtap_cluster::{Cni, PodRef};
 use podtap_lab::Traffic;
-use podtap_testkit::{Captured, lab, read_pcapng};
+use podtap_testkit::{Captured, drive, lab, read_pcapng};
 
 const SHOP: &str = "apiVersion: podtap.io/v1alpha1
 kind: TapPolicy
@@ -63,6 +63,11 @@ impl Proc {
             child,
             log,
         }
+    }
+
+    /// What it logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Stops it and returns its output; it must exit cleanly.
@@ -172,17 +177,6 @@ fn flow(frame: &[u8]) -> Option<Flow> {
     })
 }
 
-fn drive(lab: &podtap_lab::Lab, from: &str, to: &str, t: Traffic) {
-    let r = lab
-        .drive(
-            &PodRef::parse(from).unwrap(),
-            &PodRef::parse(to).unwrap(),
-            &t,
-        )
-        .unwrap();
-    assert_eq!(r.errors, 0, "{t:?} {from}->{to}: {r:?}");
-}
-
 #[test]
 fn the_lab_runs_end_to_end_through_the_controller() {
     let mut lab = lab("ctl", vec![Cni::Calico, Cni::Flannel], 3);
@@ -284,6 +278,40 @@ fn the_lab_runs_end_to_end_through_the_controller() {
     wait_status(&policies, "ledger-out", "ledger-out Ready", |s| {
         ready(s) && tapped(s, "node-1") == Some(1) && tapped(s, "node-2") == Some(1)
     });
+    // The brokers run both pipelines before any traffic.
+    let start = Instant::now();
+    while !broker_procs
+        .iter()
+        .all(|b| b.log().contains("added shop") && b.log().contains("added ledger-out"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "brokers never applied the policies"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every pod's veth was found from its IP (the agent has nothing else to go by) and has
+    // both hooks.
+    for pod in inventory
+        .pods
+        .iter()
+        .filter(|p| p.namespace == "shop" || p.labels["app"] == "ledger")
+    {
+        let agent = &agents[inventory
+            .nodes
+            .iter()
+            .position(|n| n.name == pod.node)
+            .unwrap()];
+        let line = format!("pod={}/{} veth={}", pod.namespace, pod.name, pod.host_veth);
+        assert!(
+            agent.log().contains(&line),
+            "{line} not in:\n{}",
+            agent.log()
+        );
+        let node = inventory.nodes.iter().find(|n| n.name == pod.node).unwrap();
+        let hooks = podtap_agent::program::hooks_on(node.netns.as_deref(), &pod.host_veth).unwrap();
+        assert_eq!(hooks.len(), 2, "{}: {hooks:?}", pod.name);
+    }
 
     // Traffic: 16 TCP flows between shop pods across nodes (each copied at both ends), UDP
     // from ledger-1 to frontend-2, TCP from ledger-2 to cart-1.
@@ -374,17 +402,27 @@ fn the_lab_runs_end_to_end_through_the_controller() {
         tap_id: Some(4001),
         ..ghost.clone()
     };
-    inv.pods.extend([ghost, hostnet]);
-    std::fs::write(
-        lab.inventory_path(),
-        serde_json::to_vec_pretty(&inv).unwrap(),
-    )
-    .unwrap();
+    // A silent IP on the Flannel-style node: the bridge path probes and still finds nothing.
+    let ghost2 = podtap_cluster::Pod {
+        name: "ghost-2".into(),
+        ip: "10.244.2.250".into(),
+        node: "node-2".into(),
+        tap_id: Some(4002),
+        ..ghost.clone()
+    };
+    inv.pods.extend([ghost, hostnet, ghost2]);
+    // Atomically, as the lab writes it: the controller must never read half a file.
+    let tmp = lab.inventory_path().with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&inv).unwrap()).unwrap();
+    std::fs::rename(&tmp, lab.inventory_path()).unwrap();
     let (s, took_untappable) =
-        wait_status(&policies, "shop", "two untappable pods on node-1", |s| {
+        wait_status(&policies, "shop", "untappable pods on both nodes", |s| {
             s.nodes
                 .iter()
                 .any(|n| n.node == "node-1" && n.untappable.len() == 2)
+                && s.nodes
+                    .iter()
+                    .any(|n| n.node == "node-2" && n.untappable.len() == 1)
         });
     eprintln!("untappable pods reported after {took_untappable:?}");
     let n1 = s.nodes.iter().find(|n| n.node == "node-1").unwrap();
@@ -402,6 +440,23 @@ fn the_lab_runs_end_to_end_through_the_controller() {
         "{n1:#?}"
     );
     assert_eq!(n1.tapped, 3, "the others stay tapped");
+    // The reasons and details come from the agent (the controller alone knows no message).
+    for u in &n1.untappable {
+        let expect = if u.reason == "HostNetwork" {
+            "no veth of its own"
+        } else {
+            "10.244.1.250"
+        };
+        assert!(u.message.contains(expect), "{u:?}");
+    }
+    let n2 = s.nodes.iter().find(|n| n.node == "node-2").unwrap();
+    assert_eq!(n2.untappable[0].reason, "VethNotFound");
+    assert!(
+        n2.untappable[0]
+            .message
+            .contains("no neighbour entry for 10.244.2.250 on cni0"),
+        "{n2:?}"
+    );
     assert!(
         s.conditions
             .iter()
@@ -462,6 +517,34 @@ fn the_lab_runs_end_to_end_through_the_controller() {
     assert_eq!(tcp_flows.len(), 16, "{:?}", tcp_flows);
     for (f, at) in &tcp_flows {
         assert_eq!(at.len(), 1, "flow {f:?} was split over brokers {at:?}");
+        // Its broker has it from both pods' veths, both directions.
+        let b = *at.iter().next().unwrap();
+        let pods: Vec<&str> = [f.0.0, f.1.0]
+            .iter()
+            .map(|a| {
+                inventory
+                    .pods
+                    .iter()
+                    .find(|p| p.ip.parse::<IpAddr>().ok() == Some(*a))
+                    .unwrap()
+                    .name
+                    .as_str()
+            })
+            .collect();
+        for pod in &pods {
+            for direction in [1, 2] {
+                let n = shop_at[b]
+                    .iter()
+                    .filter(|c| c.interface == tap(pod) && c.direction == direction)
+                    .filter(|c| flow(&c.data) == Some(**f))
+                    .count();
+                // SYN or SYN-ACK, 2 messages or their echoes, ACKs, FIN: at least 4 each way.
+                assert!(
+                    n >= 4,
+                    "flow {f:?}: {n} copies at {pod} direction {direction}"
+                );
+            }
+        }
     }
     let per_broker: Vec<usize> = (0..2)
         .map(|i| tcp_flows.iter().filter(|(_, at)| at.contains(&i)).count())
@@ -514,8 +597,16 @@ fn the_lab_runs_end_to_end_through_the_controller() {
         assert_eq!(c.interface, tap("ledger-1"));
     }
 
-    for (log, node) in agent_logs.iter().zip(["node-1", "node-2"]) {
-        assert!(log.contains("tapped"), "{node}:\n{log}");
-    }
+    // The summaries list what was not tapped, with the agent's reasons.
+    assert!(
+        agent_logs[0].contains("not tapped: shop/hostnet-1: HostNetwork:"),
+        "{}",
+        agent_logs[0]
+    );
+    assert!(
+        agent_logs[1].contains("not tapped: shop/ghost-2: VethNotFound:"),
+        "{}",
+        agent_logs[1]
+    );
     assert!(!controller_log.contains("panicked"), "{controller_log}");
 }

@@ -37,6 +37,19 @@ impl std::ops::DerefMut for TestLab {
     }
 }
 
+/// Drives `t` from pod `from` to pod `to` (`namespace/name`) and asserts it had no errors.
+pub fn drive(lab: &Lab, from: &str, to: &str, t: podtap_lab::Traffic) -> podtap_lab::TrafficReport {
+    let r = lab
+        .drive(
+            &PodRef::parse(from).unwrap(),
+            &PodRef::parse(to).unwrap(),
+            &t,
+        )
+        .unwrap();
+    assert_eq!(r.errors, 0, "{t:?} {from}->{to}: {r:?}");
+    r
+}
+
 /// Brings up a lab for the test `tag` (letters only; unique per test binary and test).
 pub fn lab(tag: &str, nodes: Vec<Cni>, pods_per_node: usize) -> TestLab {
     sweep_dead_test_labs();
