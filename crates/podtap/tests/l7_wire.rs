@@ -215,13 +215,14 @@ fn capture_gaps_give_incomplete_never_wrong() {
         decoded.complete().values().sum::<u64>(),
         decoded.summary()
     );
-    // Cutting 3% of the packets of ~100 calls out costs calls, and the cost is visible; most
-    // calls still decode (typically 75 of 118), so a decoder that drops whole connections at
-    // the first gap fails.
+    // Cutting 3% of the packets of ~100 calls out costs calls, and the cost is visible; many
+    // calls still decode (typically 75 of 118, 55 in the worst run seen: which packets are cut
+    // depends on how the live traffic was segmented), so a decoder that drops whole
+    // connections at the first gap (nearly every connection has one) fails.
     assert!(shortfall > 0, "{}", decoded.summary());
     let made = run.want.values().sum::<u64>();
     assert!(
-        shortfall * 2 <= made,
+        shortfall * 3 <= made * 2,
         "{shortfall} of {made} calls not complete"
     );
     assert!(decoded.problem("tcp_gaps") > 0, "{}", decoded.summary());
