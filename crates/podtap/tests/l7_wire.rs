@@ -218,7 +218,7 @@ fn capture_gaps_give_incomplete_never_wrong() {
     // Cutting 3% of the packets of ~100 calls out costs calls, and the cost is visible; many
     // calls still decode (typically 75 of 118, 55 in the worst run seen: which packets are cut
     // depends on how the live traffic was segmented), so a decoder that drops whole
-    // connections at the first gap (nearly every connection has one) fails.
+    // connections at the first gap (most connections have one) fails.
     assert!(shortfall > 0, "{}", decoded.summary());
     let made = run.want.values().sum::<u64>();
     assert!(
