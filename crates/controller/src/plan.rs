@@ -65,6 +65,8 @@ pub struct PolicyPlan {
     pub matched: BTreeMap<String, Vec<PodRef>>,
     /// Matched pods that share their node's network and so cannot be tapped.
     pub host_network: BTreeSet<PodRef>,
+    /// The policy asks for the decrypted view (not applied by controller-driven agents yet).
+    pub decrypt: bool,
 }
 
 impl PolicyPlan {
@@ -115,6 +117,7 @@ impl Planner {
             let mut pp = PolicyPlan {
                 generation: p.generation,
                 problems: p.spec.problems(&p.name),
+                decrypt: p.spec.decrypt,
                 ..PolicyPlan::default()
             };
             let selection = match (p.spec.pod_selector(), p.spec.namespace_selector()) {

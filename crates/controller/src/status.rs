@@ -174,6 +174,15 @@ pub fn policy_status(
             "PodsNotTappable",
             format!("{untappable_total} matched pod(s) cannot be tapped (see status.nodes)"),
         )
+    } else if plan.decrypt {
+        // Said, not silently ignored: the packets are tapped, the plaintext is not.
+        (
+            true,
+            "DecryptUnavailable",
+            "decrypt: controller-driven agents do not capture TLS plaintext yet; packets are \
+             tapped (docs/install.md)"
+                .to_string(),
+        )
     } else if plan.vni.is_some_and(|v| health.dropping.contains(&v)) {
         (
             true,
@@ -227,6 +236,7 @@ mod tests {
             ]
             .into(),
             host_network: BTreeSet::new(),
+            decrypt: false,
         }
     }
 
@@ -302,6 +312,25 @@ mod tests {
         assert!(cond(&s, "Accepted").message.starts_with("2 problem(s)"));
         assert_eq!(cond(&s, "Ready").reason, "Invalid");
         assert_eq!(s.problems.len(), 2);
+    }
+
+    #[test]
+    fn a_decrypt_policy_says_the_plaintext_is_not_captured() {
+        let mut p = plan();
+        p.decrypt = true;
+        let health = Health {
+            agents: [
+                ("n1".to_string(), connected(&["shop/n1-p0", "shop/n1-p1"])),
+                ("n2".to_string(), connected(&["shop/n2-p0"])),
+            ]
+            .into(),
+            brokers: vec!["b0".into()],
+            dropping: BTreeSet::new(),
+        };
+        let s = policy_status(&p, &health, None, &t(1));
+        assert_eq!(cond(&s, "Ready").status, "True", "{s:#?}");
+        assert_eq!(cond(&s, "Degraded").status, "True");
+        assert_eq!(cond(&s, "Degraded").reason, "DecryptUnavailable");
     }
 
     #[test]
