@@ -673,6 +673,13 @@ impl Agent {
             .map(|e| std::io::Error::new(e.kind(), e.to_string()))
     }
 
+    /// Runs for `settle` more (copies still on their way through the veths and the ring
+    /// arrive), then stops.
+    pub fn stop_after(mut self, settle: Duration) -> Result<Stats, AgentError> {
+        self.run(&AtomicBool::new(false), Some(Instant::now() + settle))?;
+        self.stop()
+    }
+
     /// Detaches everything, drains the rings, closes the output and returns the final stats.
     pub fn stop(mut self) -> Result<Stats, AgentError> {
         let mut first_err = None;

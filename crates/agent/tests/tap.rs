@@ -27,30 +27,6 @@ fn start(lab: &Lab, cfg_edit: impl FnOnce(&mut AgentConfig), out: &Path) -> Agen
     Agent::start(cfg, Some(Box::new(std::fs::File::create(out).unwrap()))).unwrap()
 }
 
-/// Lets the reader drain (it polls every 10 ms), then stops the agent.
-fn settle_and_stop(mut agent: Agent) -> podtap_agent::Stats {
-    agent
-        .run(
-            &AtomicBool::new(false),
-            Some(Instant::now() + Duration::from_millis(200)),
-        )
-        .unwrap();
-    let ids = agent.program_ids();
-    let stats = agent.stop().unwrap();
-    // The kernel frees programs after an RCU grace period once the last hook lets go.
-    let t0 = Instant::now();
-    while ids.iter().any(|&id| program_exists(id)) && t0.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for id in ids {
-        assert!(
-            !program_exists(id),
-            "program {id} still loaded 3 s after stop"
-        );
-    }
-    stats
-}
-
 /// Every packet once per veth and direction, byte-identical to tcpdump on the same veth.
 fn copies_equal_tcpdump(tag: &str, cni: Cni) {
     let lab = lab(tag, vec![cni, cni], 3);
@@ -108,7 +84,7 @@ fn copies_equal_tcpdump(tag: &str, cni: Cni) {
         "shop/frontend-1",
         Traffic::Ping { count: 5 },
     );
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     let cap = read_pcapng(&out);
 
     // tcpdump starts before the agent and stops after it, so control packets the kernel sends
@@ -262,7 +238,7 @@ fn selection_and_inventory_changes() {
     wait_until(&mut agent, "removed pod untapped", |a| {
         !a.tapped().iter().any(|(p, _, _)| p.name == "cart-new")
     });
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
 
     let cap = read_pcapng(&out);
     let ifaces: std::collections::BTreeSet<&str> =
@@ -324,7 +300,7 @@ fn overload_counts_every_lost_copy_and_traffic_flows() {
             size: 100,
         },
     );
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     let cap = read_pcapng(&out);
 
     let p = &stats.pods[0];
@@ -370,7 +346,7 @@ fn gso_kept_equals_tcpdump_and_segmented_rebuilds_the_stream() {
         "shop/frontend-2",
         Traffic::TcpBulk { bytes: 4 << 20 },
     );
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     let truth = sorted(dump.stop());
     let cap = read_pcapng(&out);
     assert!(
@@ -394,7 +370,7 @@ fn gso_kept_equals_tcpdump_and_segmented_rebuilds_the_stream() {
         "shop/frontend-2",
         Traffic::TcpBulk { bytes },
     );
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     let truth = dump.stop();
     let cap = read_pcapng(&out);
     let pk = &stats.pods[0];
@@ -489,7 +465,7 @@ fn prefilter_changes_without_reload_and_stop_leaves_nothing() {
         .unwrap();
     udp_then_tcp();
     assert_eq!(agent.program_ids(), ids, "programs were reloaded");
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     assert!(hooks(&netns, &a.host_veth).is_empty(), "still attached");
 
     let cap = read_pcapng(&out);
@@ -532,7 +508,7 @@ fn netlink_fallback_taps_and_cleans_up() {
             size: 100,
         },
     );
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     assert_eq!(stats.attach_mode, "netlink");
     assert!(
         hooks(&netns, &a.host_veth).is_empty(),
@@ -584,7 +560,7 @@ fn snaplen_cuts_copies_and_keeps_the_original_length() {
             size: 500,
         },
     );
-    let stats = settle_and_stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(200)).unwrap();
     let cap = read_pcapng(&out);
     assert_eq!(cap.len(), 30);
     for p in &cap {

@@ -43,16 +43,6 @@ fn start_decrypting(lab: &podtap_lab::Lab, pod: &str, out: &Path, pid: u32) -> A
     }
 }
 
-fn stop(mut agent: Agent) -> podtap_agent::Stats {
-    agent
-        .run(
-            &AtomicBool::new(false),
-            Some(Instant::now() + Duration::from_millis(300)),
-        )
-        .unwrap();
-    agent.stop().unwrap()
-}
-
 /// The frames of one interface, in a file of their own. The decrypted view and the veth carry
 /// the same 5-tuple (plaintext and ciphertext of one connection): tshark follows TCP streams
 /// across interfaces, so they are analysed apart, as a user would.
@@ -179,7 +169,7 @@ fn nginx_https_decrypted_matches_the_client() {
     .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.total(), 20);
-    let stats = stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     let d = stats.decrypted.unwrap();
     assert_eq!(d.kernel.ring_full + d.kernel.read_failed, 0, "{d:?}");
     assert_eq!(d.synth.unbound_dropped, 0, "{d:?}");
@@ -236,7 +226,7 @@ fn python_tls_server_decrypted_matches_the_client() {
     )
     .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let stats = stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     let d = stats.decrypted.unwrap();
     assert_eq!(d.synth.unbound_dropped, 0, "{d:?}");
     let (want_req, want_status) = client_requests(&report);
@@ -288,7 +278,7 @@ fn statically_linked_openssl_is_probed_in_the_executable() {
     .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.count("GET", "/status/503", 503), 2);
-    let stats = stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     let d = stats.decrypted.unwrap();
     assert_eq!(d.synth.unbound_dropped, 0, "{d:?}");
     let (want_req, want_status) = client_requests(&report);
@@ -321,7 +311,7 @@ fn grpc_over_tls_is_bound_to_its_connection() {
     )
     .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let stats = stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     let d = stats.decrypted.unwrap();
     assert_eq!(d.synth.unbound_dropped, 0, "{d:?}");
     // tshark decodes the decrypted stream as HTTP/2 with gRPC paths and statuses.

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use crate::bench_lab::{self, require_program};
 use crate::capture_digest::{self, CaptureDigest};
 use crate::flow_collector::{FlowCollector, FlowTotals};
-use crate::measure::{self, Measured, median};
+use crate::measure::{self, Measured, count, median, own_cpu, rate};
 use crate::synth::{self, SynthSpec, SynthSummary};
 
 /// Longest any single tool run may take.
@@ -711,13 +711,6 @@ fn pmacctd_config(capture: &str, v: FlowVersion, collector: &str) -> String {
     )
 }
 
-/// The replay's own CPU figure: `replay: N packets through policy P in W s wall, C s CPU: ...`.
-fn own_cpu(m: &Measured) -> Option<f64> {
-    let line = m.stdout.lines().find(|l| l.starts_with("replay:"))?;
-    let after = line.split("s wall, ").nth(1)?;
-    after.split(" s CPU").next()?.trim().parse().ok()
-}
-
 /// A command as text, with the work directory as `$DIR` and the collector as `$COLLECTOR`.
 fn show(cmd: &Command, ctx: &Inputs, collector: Option<&str>) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().to_string()];
@@ -789,26 +782,6 @@ fn comparison_json(c: &Comparison) -> Value {
             }))
         }).collect::<Vec<_>>(),
     })
-}
-
-fn rate(pps: f64) -> String {
-    if pps >= 1e6 {
-        format!("{:.2}M", pps / 1e6)
-    } else {
-        format!("{:.0}k", pps / 1e3)
-    }
-}
-
-fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn print_report(ctx: &Inputs, machine: &str, args: &BrokerArgs, comparisons: &[Comparison]) {

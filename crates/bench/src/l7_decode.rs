@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::bench_lab::{self, require_program};
 use crate::l7_synth::{self, CallTally, GRPC_PORT, H2C_PORT, L7Protocol, L7Spec, L7Truth};
-use crate::measure::{self, Measured, median};
+use crate::measure::{self, Measured, count, median, own_cpu, rate};
 
 /// Longest any single tool run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -475,13 +475,6 @@ fn podtap_tally(text: &str) -> anyhow::Result<(CallTally, BTreeMap<String, u64>)
     Ok((tally, outcomes))
 }
 
-/// The replay's own CPU figure: `replay: N packets through policy P in W s wall, C s CPU: ...`.
-fn own_cpu(m: &Measured) -> Option<f64> {
-    let line = m.stdout.lines().find(|l| l.starts_with("replay:"))?;
-    let after = line.split("s wall, ").nth(1)?;
-    after.split(" s CPU").next()?.trim().parse().ok()
-}
-
 /// A warm-up round and `repeat` timed rounds, the tools interleaved (each round starts with the
 /// other tool), summarised per tool.
 fn run_rounds(ctx: &Inputs, repeat: u32) -> anyhow::Result<Vec<ToolSummary>> {
@@ -652,28 +645,6 @@ fn show(cmd: &Command, dir: &Path) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn rate(per_s: f64) -> String {
-    if per_s >= 1e6 {
-        format!("{:.2}M", per_s / 1e6)
-    } else if per_s >= 1e3 {
-        format!("{:.1}k", per_s / 1e3)
-    } else {
-        format!("{per_s:.0}")
-    }
-}
-
-fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The capture's make-up in one paragraph.

@@ -123,6 +123,42 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The replay's own CPU figure: `replay: N packets through policy P in W s wall, C s CPU: ...`.
+pub fn own_cpu(m: &Measured) -> Option<f64> {
+    let line = m.stdout.lines().find(|l| l.starts_with("replay:"))?;
+    let after = line.split("s wall, ").nth(1)?;
+    after.split(" s CPU").next()?.trim().parse().ok()
+}
+
+/// A rate for tables: `1.23M`, `45.6k`, `789`.
+pub fn rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2}M", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1}k", per_s / 1e3)
+    } else {
+        format!("{per_s:.0}")
+    }
+}
+
+/// A count with thousands separators: `1,234,567`.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A target met, for tables: `yes` or `NO`.
+pub fn yes_no(ok: bool) -> &'static str {
+    if ok { "yes" } else { "NO" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

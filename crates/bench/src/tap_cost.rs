@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::bench_lab::{self, BenchLab};
 use crate::cpu::{CpuUse, CpuWindow};
 use crate::iperf::{self, IperfResult, IperfServer, Workload};
-use crate::measure::median;
+use crate::measure::{median, yes_no};
 use crate::tap::{RunningTap, Scenario, TapSummary};
 
 /// UDP payload of the flood: 22 bytes make a 64-byte frame on the veth (14 Ethernet + 20 IPv4
@@ -395,10 +395,6 @@ fn format_count(n: f64) -> String {
 /// An optional ratio.
 fn format_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into())
-}
-
-fn yes_no(ok: bool) -> &'static str {
-    if ok { "yes" } else { "NO" }
 }
 
 /// Prints the table, the ratios and the targets.

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use crate::bench_lab;
 use crate::child::{Spawned, in_netns};
 use crate::cpu::{self, CpuWindow};
-use crate::measure::{self, median};
+use crate::measure::{self, median, yes_no};
 use crate::tap::TapTarget;
 
 /// Name of this benchmark's own lab (other benchmarks may run beside it on `bench`).
@@ -1058,10 +1058,6 @@ fn profile_run(stage: &Stage, args: &TlsProbeArgs, workload: Workload) -> anyhow
         },
         programs,
     })
-}
-
-fn yes_no(ok: bool) -> &'static str {
-    if ok { "yes" } else { "NO" }
 }
 
 fn pct(x: f64) -> String {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podtap_agent::{Agent, AgentConfig, SendMode, TunnelConfig};
 use podtap_broker::{Broker, BrokerConfig};
@@ -29,16 +29,6 @@ fn agent(lab: &Lab, file: &Path, tunnel: Option<TunnelConfig>, namespaces: &[&st
     cfg.selection.namespaces = namespaces.iter().map(|s| s.to_string()).collect();
     cfg.tunnel = tunnel;
     Agent::start(cfg, Some(Box::new(std::fs::File::create(file).unwrap()))).unwrap()
-}
-
-fn stop_agent(mut agent: Agent) -> podtap_agent::Stats {
-    agent
-        .run(
-            &AtomicBool::new(false),
-            Some(Instant::now() + Duration::from_millis(200)),
-        )
-        .unwrap();
-    agent.stop().unwrap()
 }
 
 /// Every pcapng file a pcap output wrote, read in order.
@@ -127,7 +117,7 @@ fn copies_arrive(
         "shop/frontend-2",
         Traffic::TcpBulk { bytes: 1 << 20 },
     );
-    let agent_stats = stop_agent(a);
+    let agent_stats = a.stop_after(Duration::from_millis(200)).unwrap();
     let stats = broker.stop();
     let on_wire = wire.stop();
 
@@ -407,7 +397,7 @@ fn netflow_v9_and_ipfix_reach_nfcapd_with_the_right_totals() {
             size: 900,
         },
     );
-    stop_agent(a);
+    a.stop_after(Duration::from_millis(200)).unwrap();
     let stats = broker.stop();
     let truth = broker_capture(&dir.path().join("p"));
     let (v9, ipfix) = (v9.flows(), ipfix.flows());
@@ -493,8 +483,8 @@ fn dedupe_removes_exactly_the_same_node_pair_duplicates() {
                 size: 120,
             },
         );
-        stop_agent(a1);
-        stop_agent(a2);
+        a1.stop_after(Duration::from_millis(200)).unwrap();
+        a2.stop_after(Duration::from_millis(200)).unwrap();
         let stats = broker.stop();
         let (all, dedup) = (broker_capture(&all), broker_capture(&dedup));
         let udp7 = |c: &[Captured]| {
@@ -561,7 +551,7 @@ fn filter_slice_and_tool_port_deliver_exactly_the_filtered_stream() {
             size: 100,
         },
     );
-    stop_agent(a);
+    a.stop_after(Duration::from_millis(200)).unwrap();
     let stats = broker.stop();
     let kept = broker_capture(&out);
     // 25 requests + 25 echoes, at both taps.
@@ -812,7 +802,7 @@ fn oversize_copies_are_fragmented_or_truncated_and_counted() {
             "shop/cart-1",
             Traffic::TcpBulk { bytes: 2 << 20 },
         );
-        let agent_stats = stop_agent(a);
+        let agent_stats = a.stop_after(Duration::from_millis(200)).unwrap();
         let stats = broker.stop();
         let t = agent_stats.tunnel.unwrap();
         let got = broker_capture(dir.path());

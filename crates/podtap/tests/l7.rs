@@ -47,17 +47,6 @@ fn decrypting_agent(lab: &podtap_lab::Lab, pod: &str, capture: &Path, pids: &[u3
     }
 }
 
-/// Lets the agent drain what is in flight, then stops it.
-fn stop(mut agent: Agent) -> podtap_agent::Stats {
-    agent
-        .run(
-            &AtomicBool::new(false),
-            Some(Instant::now() + Duration::from_millis(300)),
-        )
-        .unwrap();
-    agent.stop().unwrap()
-}
-
 /// Replays `capture` through a broker policy with one `calls` output (store, optional JSON
 /// lines); returns the stored calls and the broker's /metrics text.
 fn replay_calls(
@@ -142,7 +131,7 @@ fn decrypted_calls_equal_what_the_clients_report() {
     )
     .unwrap();
     assert!(grpc_report.errors.is_empty(), "{:?}", grpc_report.errors);
-    stop(agent);
+    agent.stop_after(Duration::from_millis(300)).unwrap();
 
     // The broker decodes the capture with a `calls` output.
     let store = dir.path().join("calls.db");
@@ -302,7 +291,7 @@ fn python_nghttpd_and_wrk_calls_equal_what_the_clients_report() {
     .unwrap();
     assert!(load.requests > 100, "{load:?}");
     assert_eq!((load.non_2xx_3xx, load.socket_errors), (0, 0), "{load:?}");
-    let stats = stop(agent);
+    let stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     let d = stats.decrypted.unwrap();
     assert_eq!(d.kernel.ring_full + d.kernel.read_failed, 0, "{d:?}");
 

@@ -283,7 +283,7 @@ fn dns_over_udp_and_tcp_end_to_end() {
         }
         answers.extend(got);
     }
-    let agent_stats = settle_and_stop(agent);
+    let agent_stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     assert_eq!(agent_stats.dropped(), 0, "the tap lost nothing");
 
     let mut want: BTreeMap<&str, BTreeMap<Key, u64>> = BTreeMap::new();
@@ -409,7 +409,7 @@ fn http_run(tag: &str, netem: bool) -> HttpRun {
             answered,
         );
     }
-    let agent_stats = settle_and_stop(agent);
+    let agent_stats = agent.stop_after(Duration::from_millis(300)).unwrap();
     assert_eq!(agent_stats.dropped(), 0, "the tap lost nothing");
     eprintln!(
         "{tag}: traffic captured in {:?} (netem: {netem})",
@@ -448,17 +448,6 @@ fn start_agent(lab: &TestLab, capture: &Path) -> Agent {
             .unwrap();
     }
     agent
-}
-
-/// Lets the reader drain the ring (it polls every 10 ms), then stops the agent.
-fn settle_and_stop(mut agent: Agent) -> podtap_agent::Stats {
-    agent
-        .run(
-            &AtomicBool::new(false),
-            Some(Instant::now() + Duration::from_millis(300)),
-        )
-        .unwrap();
-    agent.stop().unwrap()
 }
 
 /// Replays a run's capture (written under `dir` as `name.pcapng`) through the broker.
